@@ -1,0 +1,34 @@
+"""embedws: host websocket endpoints from any Python program.
+
+Sync (``def``) and async (``async def``) handlers in one :class:`App`; a
+background event loop thread for programs that are not async; the same core
+on your own loop with :func:`embedws.aio.serve`.
+"""
+
+from __future__ import annotations
+
+from . import errors, response
+from .app import App, Blueprint
+from .config import Config
+from .errors import ConcurrencyError, EmbedwsError, WebsocketClosed
+from .request import Headers, Request
+from .response import HTTPResponse
+from .state import State
+
+__all__ = [
+    "App",
+    "Blueprint",
+    "ConcurrencyError",
+    "Config",
+    "EmbedwsError",
+    "HTTPResponse",
+    "Headers",
+    "Request",
+    "State",
+    "WebsocketClosed",
+    "__version__",
+    "errors",
+    "response",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,823 @@
+"""The protocol pump: one websocket connection driven on an asyncio transport.
+
+Theory of operation
+-------------------
+A :class:`Connection` is the ``asyncio.Protocol`` of one socket once the opening
+handshake is done. It owns the ``websockets`` Sans-I/O protocol object (server
+or client side), which does all framing, masking, compression and close-code
+validation, and it does what that layer leaves to I/O code:
+
+* ``data_received`` feeds bytes to the protocol, writes what the protocol wants
+  written (automatic pongs, close replies), and hands complete data frames to
+  the assembler. ``eof_received`` calls ``receive_eof`` and nothing is fed after.
+* The assembler joins fragments into one buffer per message (a ``bytearray``, or
+  a ``StringIO`` behind an incremental UTF-8 decoder for text, so invalid UTF-8
+  fails with 1007 at the first bad byte even across fragments). Complete
+  messages go to the consumer: the async API's own queue by default, or the
+  thread-safe inbox the sync facade installs. When ``WEBSOCKET_MAX_QUEUE``
+  messages wait, reading pauses; the consumer resumes it when it has drained.
+* Timers are ``loop.call_later`` handles, not tasks: the keepalive ping and its
+  pong deadline, the closing-handshake deadline (abort the transport when the
+  peer never finishes the close), and the write-stall deadline (a peer that
+  keeps the write buffer above its high-water mark for
+  ``WEBSOCKET_WRITE_TIMEOUT`` is failed with 1011 and aborted).
+* ``connection_lost`` is the one place where a connection ends: the protocol is
+  moved to CLOSED, waiters (recv, pings, drains, wait_closed) are woken with the
+  close exception, timers are cancelled and the owner is told.
+
+Everything here runs on the event loop thread. The sync facade crosses into it
+with ``loop.call_soon_threadsafe`` (see ``embedws/sync/loop.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import io
+import logging
+import os
+from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from websockets.frames import BINARY, CLOSE, CONT, PONG, TEXT, Frame
+from websockets.protocol import CLOSED, CONNECTING, OPEN, SERVER
+from websockets.protocol import Protocol as SansIOProtocol
+
+from ..errors import ConcurrencyError, WebsocketClosed
+from ..message import Fragments, encode_message, fragment_payload
+from ..state import State
+
+if TYPE_CHECKING:
+    from ..request import Request
+    from ..routing import Route
+
+__all__ = ["Connection", "Consumer", "PongWaiter", "Settings", "Websocket"]
+
+logger = logging.getLogger("embedws.connection")
+
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+class Consumer(Protocol):
+    """Receives what a connection produces, in place of the async API's queue.
+
+    Every method is called on the event loop thread and must not block.
+    """
+
+    def put(self, message: str | bytes) -> int:
+        """Queue a complete message; return how many are queued now."""
+
+    def close(self) -> None:
+        """The connection is closed: wake every waiter."""
+
+    def set_writable(self, writable: bool) -> None:
+        """The transport's write buffer went above (False) or below (True) its limit."""
+
+    def pending(self) -> int:
+        """How many messages are queued now."""
+
+
+class PongWaiter(Protocol):
+    """What waits for a pong: an ``asyncio.Future`` or the sync facade's waiter."""
+
+    def done(self) -> bool: ...
+    def set_result(self, latency: float, /) -> None: ...
+    def set_exception(self, exc: BaseException, /) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Per-server connection settings, shared by all its connections."""
+
+    close_timeout: float = 10.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    max_queue: int = 32
+    write_timeout: float = 30.0
+    write_limit: int = 64 * 1024
+
+
+class Connection(asyncio.Protocol):
+    """One websocket connection: the Sans-I/O protocol pumped on a transport.
+
+    Thread contract: every method runs on the event loop thread.
+    """
+
+    __slots__ = (
+        "_close_handle",
+        "_consumer",
+        "_decoder",
+        "_drain_waiters",
+        "_failed",
+        "_fragments",
+        "_ka_handle",
+        "_ka_ping",
+        "_lost",
+        "_lost_waiter",
+        "_messages",
+        "_on_close",
+        "_pings",
+        "_reading_paused",
+        "_send_busy",
+        "_write_handle",
+        "_writing_paused",
+        "facade",
+        "id",
+        "latency",
+        "loop",
+        "protocol",
+        "remote_address",
+        "request",
+        "route",
+        "rooms_joined",
+        "settings",
+        "transport",
+        "_waiter",
+    )
+
+    def __init__(
+        self,
+        protocol: SansIOProtocol,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        request: Request | None = None,
+        route: Route | None = None,
+        conn_id: int = 0,
+        on_close: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.protocol = protocol
+        self.settings = settings
+        self.loop = loop
+        self.request = request
+        self.route = route
+        self.id = conn_id
+        self.facade: Any = self
+        self.rooms_joined: set[str] | None = None
+        self.remote_address: Any = None
+        self.latency = 0.0
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self._on_close = on_close
+        self._consumer: Consumer | None = None
+        self._messages: list[str | bytes] | None = None
+        self._waiter: asyncio.Future[str | bytes] | None = None
+        self._fragments: bytearray | io.StringIO | None = None
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._pings: dict[bytes, tuple[PongWaiter | None, float]] | None = None
+        self._ka_handle: asyncio.TimerHandle | None = None
+        self._ka_ping: bytes | None = None
+        self._close_handle: asyncio.TimerHandle | None = None
+        self._write_handle: asyncio.TimerHandle | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
+        self._send_busy: asyncio.Future[None] | None = None
+        self._failed = False
+        self._lost = False
+        self._lost_waiter: asyncio.Future[None] | None = None
+
+    # Wiring -----------------------------------------------------------------
+
+    def attach(self, transport: asyncio.Transport, head: bytes = b"", trailing: bytes = b"") -> None:
+        """Take over ``transport``: write ``head`` (the 101), then feed ``trailing``."""
+        self.transport = transport
+        self.remote_address = transport.get_extra_info("peername")
+        transport.set_write_buffer_limits(self.settings.write_limit, self.settings.write_limit // 4)
+        transport.set_protocol(self)
+        if head:
+            transport.write(head)
+        self.start_keepalive()
+        transport.resume_reading()
+        if trailing:
+            self.data_received(trailing)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Only client connections come here; server ones are attached after the 101.
+        self.transport = cast(asyncio.Transport, transport)
+        self.remote_address = transport.get_extra_info("peername")
+        self.transport.set_write_buffer_limits(
+            self.settings.write_limit, self.settings.write_limit // 4
+        )
+
+    def set_consumer(self, consumer: Consumer) -> None:
+        """Deliver messages to ``consumer`` instead of the async API's queue."""
+        self._consumer = consumer
+
+    # Reading ----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        protocol = self.protocol
+        protocol.receive_data(data)
+        events = protocol.events_received()
+        self._flush()
+        if protocol.state is not OPEN and self._close_handle is None and protocol.close_expected():
+            self._arm_close_timer()
+        for event in events:
+            self._process(event)
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self.protocol.events_received()
+        self._flush()
+        return None  # let the transport close: the websocket never writes after EOF
+
+    def _process(self, event: Any) -> None:
+        if self._failed or type(event) is not Frame:
+            return
+        opcode = event.opcode
+        if opcode is TEXT:
+            if event.fin:
+                try:
+                    self._deliver(event.data.decode())
+                except UnicodeDecodeError as exc:
+                    self._invalid_utf8(exc)
+            else:
+                self._decoder = _utf8_decoder()
+                self._fragments = io.StringIO()
+                self._append_text(event.data, False)
+        elif opcode is BINARY:
+            if event.fin:
+                data = event.data
+                self._deliver(data if type(data) is bytes else bytes(data))
+            else:
+                self._fragments = bytearray(event.data)
+        elif opcode is CONT:
+            buffer = self._fragments
+            if type(buffer) is bytearray:
+                buffer += event.data
+                if event.fin:
+                    self._fragments = None
+                    self._deliver(bytes(buffer))
+            else:
+                self._append_text(event.data, event.fin)
+        elif opcode is PONG:
+            self._acknowledge(bytes(event.data))
+        elif opcode is CLOSE:
+            # A close frame may interrupt a fragmented message (RFC 6455 §5.4):
+            # the partial message is dropped and the close answered normally.
+            self._fragments = None
+            self._decoder = None
+
+    def _append_text(self, data: bytes | bytearray, fin: bool) -> None:
+        decoder, buffer = self._decoder, self._fragments
+        assert decoder is not None and isinstance(buffer, io.StringIO)
+        try:
+            buffer.write(decoder.decode(data, fin))
+        except UnicodeDecodeError as exc:
+            self._invalid_utf8(exc)
+            return
+        if fin:
+            self._fragments = self._decoder = None
+            self._deliver(buffer.getvalue())
+
+    def _invalid_utf8(self, exc: UnicodeDecodeError) -> None:
+        self._fragments = self._decoder = None
+        self.fail(1007, f"invalid UTF-8: {exc.reason}")
+
+    def _deliver(self, message: str | bytes) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message)
+                return
+            queue = self._messages
+            if queue is None:
+                queue = self._messages = []
+            queue.append(message)
+            queued = len(queue)
+        else:
+            queued = consumer.put(message)
+        if queued >= self.settings.max_queue and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+            # A consumer on another thread may have drained the queue before
+            # the flag was set; it would then never ask to resume.
+            if consumer is not None:
+                self.resume_reading_if_drained(consumer.pending())
+
+    def resume_reading_if_drained(self, queued: int) -> None:
+        """Resume reading once ``queued`` fell to the low-water mark (a quarter)."""
+        if self._reading_paused and queued <= self.settings.max_queue // 4 and not self._lost:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # Writing ----------------------------------------------------------------
+
+    def _flush(self) -> None:
+        transport = self.transport
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                try:
+                    transport.write_eof()
+                except OSError:  # the peer is gone already
+                    pass
+            else:  # TLS cannot half-close
+                transport.close()
+
+    def write_message(self, is_text: bool, payload: bytes | Fragments) -> None:
+        """Write one message, whole, now.
+
+        Raises:
+            WebsocketClosed: the connection is not open.
+        """
+        protocol = self.protocol
+        if protocol.state is not OPEN or self._failed:
+            raise self.close_exc()
+        if type(payload) is Fragments:
+            if not payload:
+                return
+            first = protocol.send_text if is_text else protocol.send_binary
+            first(payload[0], fin=len(payload) == 1)
+            for index in range(1, len(payload)):
+                protocol.send_continuation(payload[index], fin=index == len(payload) - 1)
+        elif is_text:
+            protocol.send_text(payload)
+        else:
+            protocol.send_binary(payload)
+        self._flush()
+
+    def write_frame(self, frame_bytes: bytes) -> bool:
+        """Write an already serialized data frame (broadcast); False if not open."""
+        if self.protocol.state is not OPEN or self._failed:
+            return False
+        self.transport.write(frame_bytes)
+        return True
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self._write_handle is None:
+            self._write_handle = self.loop.call_later(
+                self.settings.write_timeout, self._write_timed_out
+            )
+        if self._consumer is not None:
+            self._consumer.set_writable(False)
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._write_handle is not None:
+            self._write_handle.cancel()
+            self._write_handle = None
+        self._wake_drain_waiters(None)
+        if self._consumer is not None:
+            self._consumer.set_writable(True)
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._writing_paused
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is below its limit.
+
+        Raises:
+            WebsocketClosed: the connection closed first.
+        """
+        if not self._writing_paused:
+            return
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
+        self._drain_waiters.append(waiter)
+        await waiter
+
+    def _wake_drain_waiters(self, exc: BaseException | None) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+
+    def _write_timed_out(self) -> None:
+        self._write_handle = None
+        if self._lost:
+            return
+        logger.warning(
+            "peer %s stopped reading for %.3g s; closing the connection with 1011",
+            self.remote_address,
+            self.settings.write_timeout,
+        )
+        self.fail(1011, "write timeout")
+        # The peer does not read: the close frame would never reach it.
+        self.transport.abort()
+
+    # Pings ------------------------------------------------------------------
+
+    def send_ping(self, data: bytes | None, waiter: PongWaiter | None) -> bytes:
+        """Send a ping; ``waiter`` gets the latency when its pong arrives.
+
+        Raises:
+            WebsocketClosed: the connection is closing or closed.
+            ConcurrencyError: a ping with the same payload awaits its pong.
+        """
+        protocol = self.protocol
+        if protocol.state is not OPEN or self._failed:
+            raise self.close_exc()
+        pings = self._pings
+        if pings is None:
+            pings = self._pings = {}
+        if data is None:
+            data = os.urandom(4)
+            while data in pings:
+                data = os.urandom(4)
+        elif data in pings:
+            raise ConcurrencyError("a ping with the same payload is waiting for its pong")
+        pings[data] = (waiter, self.loop.time())
+        protocol.send_ping(data)
+        self._flush()
+        return data
+
+    def send_pong(self, data: bytes) -> None:
+        if self.protocol.state is not OPEN or self._failed:
+            raise self.close_exc()
+        self.protocol.send_pong(data)
+        self._flush()
+
+    def _acknowledge(self, data: bytes) -> None:
+        pings = self._pings
+        if not pings or data not in pings:
+            return  # unsolicited pong
+        now = self.loop.time()
+        acknowledged = []
+        for ping_data, (waiter, sent_at) in pings.items():
+            acknowledged.append(ping_data)
+            latency = now - sent_at
+            if waiter is not None and not waiter.done():
+                waiter.set_result(latency)
+            if ping_data == self._ka_ping:
+                self._ka_ping = None
+                self._schedule_keepalive(latency)
+            if ping_data == data:
+                self.latency = latency
+                break
+        for ping_data in acknowledged:
+            del pings[ping_data]
+
+    def start_keepalive(self) -> None:
+        if self.settings.ping_interval is not None:
+            self._schedule_keepalive(0.0)
+
+    def _schedule_keepalive(self, latency: float) -> None:
+        if self._ka_handle is not None:
+            self._ka_handle.cancel()
+        interval = self.settings.ping_interval
+        if interval is None or self._lost:
+            self._ka_handle = None
+            return
+        self._ka_handle = self.loop.call_later(max(interval - latency, 0.0), self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._ka_handle = None
+        if self.protocol.state is not OPEN or self._failed:
+            return
+        self._ka_ping = self.send_ping(None, None)
+        timeout = self.settings.ping_timeout
+        if timeout is None:
+            self._ka_ping = None
+            self._schedule_keepalive(0.0)
+        else:
+            self._ka_handle = self.loop.call_later(timeout, self._keepalive_timed_out)
+
+    def _keepalive_timed_out(self) -> None:
+        self._ka_handle = None
+        logger.info("no pong from %s in time; closing with 1011", self.remote_address)
+        self.fail(1011, "keepalive ping timeout")
+
+    # Closing ----------------------------------------------------------------
+
+    def start_close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; does not wait for it."""
+        protocol = self.protocol
+        if protocol.state is OPEN and not self._failed:
+            protocol.send_close(code, reason)
+            self._flush()
+            self._arm_close_timer()
+        elif protocol.state is CONNECTING and not self._lost:
+            self.transport.abort()
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Fail the connection: send a close frame if still open, then close TCP."""
+        if self._lost:
+            return
+        self._failed = True
+        self._fragments = self._decoder = None
+        self.protocol.fail(code, reason)
+        self._flush()
+        self._arm_close_timer()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, without a closing handshake."""
+        if not self._lost:
+            self.transport.abort()
+
+    def _arm_close_timer(self) -> None:
+        if self._close_handle is None and not self._lost:
+            self._close_handle = self.loop.call_later(
+                self.settings.close_timeout, self._close_timed_out
+            )
+
+    def _close_timed_out(self) -> None:
+        self._close_handle = None
+        if not self._lost:
+            logger.debug("closing handshake with %s timed out; aborting", self.remote_address)
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        protocol = self.protocol
+        protocol.receive_eof()  # idempotent; moves the protocol to CLOSED
+        if protocol.state is not CLOSED:  # pragma: no cover - defensive
+            protocol.state = CLOSED
+        if exc is not None:
+            logger.debug("connection to %s lost: %r", self.remote_address, exc)
+        for handle in (self._ka_handle, self._close_handle, self._write_handle):
+            if handle is not None:
+                handle.cancel()
+        self._ka_handle = self._close_handle = self._write_handle = None
+        closed = self.close_exc()
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.close()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(closed)
+        pings, self._pings = self._pings, None
+        for pong_waiter, _ in (pings or {}).values():
+            if pong_waiter is not None and not pong_waiter.done():
+                pong_waiter.set_exception(closed)
+                if isinstance(pong_waiter, asyncio.Future):
+                    # nobody may await it; don't log "exception never retrieved"
+                    pong_waiter.exception()
+        self._wake_drain_waiters(closed)
+        if self._lost_waiter is not None and not self._lost_waiter.done():
+            self._lost_waiter.set_result(None)
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def close_exc(self) -> WebsocketClosed:
+        """The exception that tells users the connection is closed."""
+        protocol = self.protocol
+        received, sent = protocol.close_rcvd, protocol.close_sent
+        return WebsocketClosed.make(
+            received.code if received is not None else 1006,
+            received.reason if received is not None else "",
+            sent.code if sent is not None else None,
+            sent.reason if sent is not None else "",
+        )
+
+    async def wait_lost(self) -> None:
+        """Wait until the TCP connection is gone."""
+        if self._lost:
+            return
+        if self._lost_waiter is None:
+            self._lost_waiter = self.loop.create_future()
+        await asyncio.shield(self._lost_waiter)
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
+
+    # State ------------------------------------------------------------------
+
+    def side_state(self, local: bool) -> State:
+        """The state of this side (``local``) or of the peer."""
+        if self._lost:
+            return State.CLOSED
+        protocol = self.protocol
+        if protocol.state is CONNECTING:
+            return State.CONNECTING
+        sent = protocol.close_sent if local else protocol.close_rcvd
+        return State.CLOSING if sent is not None else State.OPEN
+
+    @property
+    def close_code(self) -> int | None:
+        received = self.protocol.close_rcvd
+        if received is not None:
+            return received.code
+        return 1006 if self._lost else None
+
+    @property
+    def close_reason(self) -> str | None:
+        received = self.protocol.close_rcvd
+        if received is not None:
+            return received.reason
+        return "" if self._lost else None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id={self.id} {self.side_state(True).name}>"
+
+
+class Websocket(Connection):
+    """A websocket for ``async def`` handlers and the async client.
+
+    Thread contract: use it on its event loop only. Other threads send through
+    ``app.broadcast`` / rooms or the sync facade.
+    """
+
+    __slots__ = ()
+
+    async def send(self, data: Any, encoding: str = "text") -> None:
+        """Send one message.
+
+        ``str`` → text; bytes-like → binary; ``dict``/``list``/``tuple`` or
+        ``encoding="json"`` → JSON text; ``encoding="bytes"`` with ``str`` → UTF-8
+        binary; another iterable or async iterable of str or bytes → one
+        fragmented message. Waits while the peer is slow to read.
+
+        Raises:
+            WebsocketClosed: the connection is closed or closing.
+            TypeError: ``data`` has a type that cannot be sent.
+        """
+        while self._send_busy is not None:  # an async-iterable message is being sent
+            await asyncio.shield(self._send_busy)
+        if isinstance(data, AsyncIterable):
+            await self._send_async_fragments(data)
+            return
+        is_text, payload = encode_message(data, encoding)
+        await self._write_or_closed(is_text, payload)
+
+    async def _write_or_closed(self, is_text: bool, payload: bytes | Fragments) -> None:
+        try:
+            self.write_message(is_text, payload)
+        except WebsocketClosed:
+            await self._wait_closed_then_raise()
+        if self._writing_paused:
+            await self.drain()
+
+    async def _wait_closed_then_raise(self) -> None:
+        # While closing, the close codes are not known yet: wait for them.
+        await self.wait_lost()
+        raise self.close_exc()
+
+    async def _send_async_fragments(self, items: AsyncIterable[Any]) -> None:
+        busy: asyncio.Future[None] = self.loop.create_future()
+        self._send_busy = busy
+        started = False
+        try:
+            is_text: bool | None = None
+            pending: bytes | None = None
+            async for item in items:
+                item_is_text = fragment_payload(item)
+                if is_text is None:
+                    is_text = item_is_text
+                elif item_is_text != is_text:
+                    raise TypeError("a fragmented message mixes str and bytes fragments")
+                if pending is not None:
+                    started = True
+                    await self._send_fragment(is_text, pending, fin=False)
+                pending = item.encode() if item_is_text else bytes(item)
+            if pending is not None:
+                await self._send_fragment(bool(is_text), pending, fin=True)
+        except BaseException:
+            # Half a message is on the wire: the peer can only be told by a close.
+            if started and not self._lost:
+                self.fail(1011, "error while sending a fragmented message")
+            raise
+        finally:
+            self._send_busy = None
+            busy.set_result(None)
+
+    async def _send_fragment(self, is_text: bool, data: bytes, *, fin: bool) -> None:
+        protocol = self.protocol
+        if protocol.state is not OPEN or self._failed:
+            await self._wait_closed_then_raise()
+        if protocol.expect_continuation_frame:
+            protocol.send_continuation(data, fin=fin)
+        elif is_text:
+            protocol.send_text(data, fin=fin)
+        else:
+            protocol.send_binary(data, fin=fin)
+        self._flush()
+        if self._writing_paused:
+            await self.drain()
+
+    async def recv(self, timeout: float | None = None) -> str | bytes:
+        """Receive the next message: ``str`` for text, ``bytes`` for binary.
+
+        Args:
+            timeout: seconds to wait; ``None`` waits until a message or the
+                close; ``<= 0`` only returns a message already received.
+
+        Raises:
+            TimeoutError: no message came in time (nothing is lost).
+            WebsocketClosed: the connection is closed.
+            ConcurrencyError: another coroutine is in ``recv``.
+        """
+        queue = self._messages
+        if queue:
+            message = queue.pop(0)
+            if self._reading_paused:
+                self.resume_reading_if_drained(len(queue))
+            return message
+        if self._lost:
+            raise self.close_exc()
+        if self._waiter is not None:
+            raise ConcurrencyError("another coroutine is already waiting in recv()")
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError("no message received")
+        waiter: asyncio.Future[str | bytes] = self.loop.create_future()
+        self._waiter = waiter
+        timer = None
+        if timeout is not None:
+            timer = self.loop.call_later(timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def __aiter__(self) -> Websocket:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.recv()
+        except WebsocketClosed:
+            raise StopAsyncIteration from None
+
+    async def ping(self, data: str | bytes | None = None) -> Awaitable[float]:
+        """Send a ping; ``await`` the result to get the round-trip latency in seconds.
+
+        ``None`` sends 4 random bytes so that each pong matches its ping.
+
+        Raises:
+            WebsocketClosed: the connection is closed.
+            ConcurrencyError: a ping with the same payload awaits its pong.
+        """
+        waiter: asyncio.Future[float] = self.loop.create_future()
+        payload = data.encode() if isinstance(data, str) else data
+        try:
+            self.send_ping(bytes(payload) if payload is not None else None, waiter)
+        except WebsocketClosed:
+            await self._wait_closed_then_raise()
+        return waiter
+
+    async def pong(self, data: str | bytes = b"") -> None:
+        """Send an unsolicited pong.
+
+        Raises:
+            WebsocketClosed: the connection is closed.
+        """
+        try:
+            self.send_pong(data.encode() if isinstance(data, str) else bytes(data))
+        except WebsocketClosed:
+            await self._wait_closed_then_raise()
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection and wait until the TCP connection is gone.
+
+        Aborts the connection if the peer does not finish the closing handshake
+        within ``WEBSOCKET_TIMEOUT``.
+        """
+        self.start_close(code, reason)
+        await self.wait_lost()
+
+    async def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until the connection is closed; ``False`` if ``timeout`` passed first."""
+        if self._lost:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self.wait_lost()
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def closed(self) -> bool:
+        """True once the TCP connection is gone."""
+        return self._lost
+
+    @property
+    def open(self) -> bool:
+        """True while messages can be sent (no close frame sent or received)."""
+        return self.protocol.state is OPEN and not self._failed
+
+    @property
+    def subprotocol(self) -> str | None:
+        return self.protocol.subprotocol
+
+    @property
+    def server_state(self) -> State:
+        """State of the server side: CLOSING once it sent a close frame."""
+        return self.side_state(self.protocol.side is SERVER)
+
+    @property
+    def client_state(self) -> State:
+        """State of the client side: CLOSING once it sent a close frame."""
+        return self.side_state(self.protocol.side is not SERVER)
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """Names of the rooms this websocket is in."""
+        return frozenset(self.rooms_joined or ())
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no message received in time"))

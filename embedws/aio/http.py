@@ -1,0 +1,383 @@
+"""The HTTP front: h11 on each new socket until it becomes a websocket.
+
+Theory of operation
+-------------------
+Every accepted socket starts with an :class:`HTTPConnection` as its
+``asyncio.Protocol``. h11 parses requests (keep-alive and pipelining included);
+one request is handled at a time, with reading paused meanwhile so a client
+cannot make us buffer without bound. For each request, in order:
+
+1. the Host check (``ALLOWED_HOSTS``, the DNS-rebinding guard) → 403;
+2. the route (404, 405, or 426 for plain HTTP on a websocket route);
+3. for an upgrade: the Origin check (→ 403), the version (→ 426), capacity
+   (``MAX_CONNECTIONS``, ``SYNC_HANDLER_THREADS`` → 503);
+4. ``on_request`` middleware, which may answer instead;
+5. an HTTP handler's response, or for an upgrade the ``websockets`` Sans-I/O
+   ``ServerProtocol.accept`` (key validation, extensions, subprotocol), then
+   ``on_response`` middleware on the 101.
+
+After a 101 the transport is handed to a :class:`~embedws.aio.connection.Connection`
+with ``transport.set_protocol``, and the bytes h11 read past the request are
+fed to it. Timers: the request head must arrive within
+``min(WEBSOCKET_TIMEOUT, REQUEST_TIMEOUT)``, the whole request within
+``REQUEST_TIMEOUT``, and an idle keep-alive connection closes after
+``KEEP_ALIVE_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import h11
+from websockets.datastructures import Headers as WSHeaders
+from websockets.http11 import Request as WSRequest
+from websockets.http11 import Response as WSResponse
+
+from ..errors import HTTPException, NotFound
+from ..handshake import is_upgrade, refuse_upgrade
+from ..request import Request
+from ..response import HTTPResponse, error_response
+from ..routing import Route
+from ..security import host_allowed
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["HTTPConnection"]
+
+logger = logging.getLogger("embedws.server")
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _http_date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
+
+class HTTPConnection(asyncio.Protocol):
+    """One client socket while it speaks HTTP/1.1.
+
+    Thread contract: runs on the event loop thread only.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] | None = None
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=server.config.REQUEST_MAX_HEADER_SIZE
+        )
+        self._request: Request | None = None
+        self._body = bytearray()
+        self._busy = False
+        self._idle = True  # no byte of the next request has arrived yet
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._detached = False
+
+    # asyncio callbacks --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = (str(peer[0]), int(peer[1]))
+        if not self.server.track_http(self):
+            transport.abort()
+            return
+        config = self.server.config
+        self._set_timer(min(config.WEBSOCKET_TIMEOUT, config.REQUEST_TIMEOUT))
+
+    def data_received(self, data: bytes) -> None:
+        if self._idle:
+            self._idle = False
+            config = self.server.config
+            self._set_timer(min(config.WEBSOCKET_TIMEOUT, config.REQUEST_TIMEOUT))
+        self._h11.receive_data(data)
+        if not self._busy:
+            self._next_event()
+
+    def eof_received(self) -> bool | None:
+        self._h11.receive_data(b"")
+        if not self._busy:
+            self._next_event()
+        return True  # keep the transport open to finish an answer in progress
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if not self._detached:
+            self.server.untrack_http(self)
+        if exc is not None:
+            logger.debug("HTTP connection from %s lost: %r", self.peer, exc)
+
+    # Reading requests -----------------------------------------------------------
+
+    def _next_event(self) -> None:
+        conn = self._h11
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._refuse(exc.error_status_hint, f"malformed request: {exc}")
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            kind = type(event)
+            if kind is h11.Request:
+                if not self._start_request(event):
+                    return
+            elif kind is h11.Data:
+                self._body += event.data
+                if len(self._body) > self.server.config.REQUEST_MAX_SIZE:
+                    self._refuse(413, "request body too large")
+                    return
+            elif kind is h11.EndOfMessage:
+                self._dispatch()
+                return
+            elif kind is h11.ConnectionClosed:
+                self._close()
+                return
+
+    def _start_request(self, event: h11.Request) -> bool:
+        server = self.server
+        self._request = Request(
+            event.method.decode("ascii"),
+            event.target,
+            list(event.headers),  # (lowercase name, value) pairs
+            scheme="https" if server.tls else "http",
+            http_version=event.http_version.decode("ascii"),
+            peer=self.peer,
+            app=server.app,
+            config=server.config,
+        )
+        self._body.clear()
+        self._set_timer(server.config.REQUEST_TIMEOUT)
+        length = self._request.header(b"content-length")
+        if length is not None and length.isdigit() and int(length) > server.config.REQUEST_MAX_SIZE:
+            self._refuse(413, "request body too large")
+            return False
+        return True
+
+    def _dispatch(self) -> None:
+        request = self._request
+        assert request is not None and self.transport is not None
+        request.body = bytes(self._body)
+        self._body.clear()
+        self._busy = True
+        self._cancel_timer()
+        self.transport.pause_reading()
+        self._task = self.server.loop.create_task(self._respond(request))
+
+    # Answering ------------------------------------------------------------------
+
+    async def _respond(self, request: Request) -> None:
+        route: Route | None = None
+        close = False
+        try:
+            route, response, close = await self._handle(request)
+        except HTTPException as exc:
+            response = error_response(exc.status_code, str(exc) or "error", self._format(route))
+        except Exception:
+            logger.error("error while handling %s %s", request.method, request.path, exc_info=True)
+            response = error_response(500, "internal server error", self._format(route))
+            close = True
+        if response is not None:
+            await self._send(request, response, close=close)
+
+    def _format(self, route: Route | None) -> str | None:
+        if route is not None and route.error_format is not None:
+            return route.error_format
+        return self.server.error_format
+
+    async def _handle(self, request: Request) -> tuple[Route | None, HTTPResponse | None, bool]:
+        """Route and answer one request: (route, response or None if upgraded, close)."""
+        server = self.server
+        config = server.config
+        host = request.header(b"host")
+        if not host_allowed(
+            host.decode("latin-1") if host is not None else None,
+            allowed=config.ALLOWED_HOSTS,
+            loopback_only=server.loopback_only,
+            named_hosts=server.named_hosts,
+        ):
+            return None, error_response(
+                403,
+                f"host {request.host!r} is not served here. To allow it, add it to the "
+                "ALLOWED_HOSTS configuration key.",
+                server.error_format,
+            ), True
+        if is_upgrade(request):
+            return await self._upgrade(request)
+        try:
+            route, params = server.router.find(request.path, request.host, "http", request.method)
+        except NotFound:
+            if server.router.has_kind(request.path, request.host, "websocket"):
+                response = error_response(
+                    426, "this URL is a websocket endpoint: connect with a websocket client",
+                    server.error_format,
+                )
+                response.headers["Upgrade"] = "websocket"
+                response.headers["Connection"] = "Upgrade"
+                return None, response, False
+            raise
+        request.route, request.match_info = route, params
+        early = await server.run_request_middleware(request)
+        if early is not None:
+            return route, early, False
+        runner = server.runner_for(route)
+        result = await runner.call(route.handler, request, **params)
+        if not isinstance(result, HTTPResponse):
+            raise TypeError(
+                f"HTTP handler {route.name} returned {type(result).__name__}, "
+                "not an HTTPResponse (use embedws.response.text/html/json/...)"
+            )
+        return route, result, False
+
+    async def _upgrade(self, request: Request) -> tuple[Route | None, HTTPResponse | None, bool]:
+        server = self.server
+        route, params = server.router.find(request.path, request.host, "websocket")
+        request.route, request.match_info = route, params
+        request.scheme = "wss" if server.tls else "ws"
+        fmt = self._format(route)
+        refusal = refuse_upgrade(request, server.config, tls=server.tls, error_format=fmt)
+        if refusal is not None:
+            return route, refusal, True
+        if server.over_capacity(route):
+            return route, error_response(503, "the server is at capacity; retry later", fmt), True
+        early = await server.run_request_middleware(request)
+        if early is not None:
+            return route, early, True
+        protocol = server.make_protocol(route)
+        ws_response = protocol.accept(
+            WSRequest(
+                path=request.path + (f"?{request.query_string}" if request.query_string else ""),
+                headers=WSHeaders(
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
+                ),
+                method=request.method,
+                protocol=f"HTTP/{request.http_version}",
+            )
+        )
+        if ws_response.status_code != 101:
+            body = ws_response.body.decode("utf-8", "replace").strip()
+            return route, error_response(ws_response.status_code, body, fmt), True
+        response = HTTPResponse(b"", 101, list(ws_response.headers.raw_items()))
+        await server.run_response_middleware(request, response)
+        # Middleware awaited: the server may be stopping, or full, by now.
+        if server.closing or self.transport is None or self.transport.is_closing():
+            return route, error_response(503, "the server is shutting down", fmt), True
+        if server.over_capacity(route):
+            return route, error_response(503, "the server is at capacity; retry later", fmt), True
+        head = WSResponse(101, "Switching Protocols", WSHeaders(response.headers.items()))
+        trailing, _closed = self._h11.trailing_data
+        self._detached = True
+        self._cancel_timer()
+        server.untrack_http(self)
+        server.accept_websocket(
+            self.transport, protocol, request, route, params, head.serialize(), bytes(trailing)
+        )
+        return route, None, False
+
+    async def _send(self, request: Request, response: HTTPResponse, *, close: bool) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        response = await self.server.run_response_middleware(request, response)
+        conn = self._h11
+        close = close or self.server.closing
+        status = response.status
+        headers = response.headers.encode()
+        names = {name.lower() for name, _ in headers}
+        if b"content-length" not in names and status >= 200 and status not in (204, 304):
+            headers.append((b"content-length", str(len(response.body)).encode()))
+        if b"date" not in names:
+            headers.append((b"date", _http_date()))
+        if close:
+            headers.append((b"connection", b"close"))
+        try:
+            data = conn.send(h11.Response(status_code=status, headers=headers, reason=response.reason.encode()))
+            if response.body and request.method != "HEAD":
+                data += conn.send(h11.Data(data=response.body)) or b""
+            data += conn.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError as exc:
+            logger.error("cannot send the response to %s %s: %s", request.method, request.path, exc)
+            transport.abort()
+            return
+        transport.write(data or b"")
+        if close or conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+            self._close()
+            return
+        conn.start_next_cycle()
+        self._request = None
+        self._busy = False
+        self._idle = True
+        self._set_timer(self.server.config.KEEP_ALIVE_TIMEOUT)
+        transport.resume_reading()
+        self._next_event()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request we could not read, then close."""
+        transport = self.transport
+        self._busy = True
+        self._cancel_timer()
+        if transport is None or transport.is_closing():
+            return
+        response = error_response(status, message, self.server.error_format)
+        headers = response.headers.encode() + [
+            (b"content-length", str(len(response.body)).encode()),
+            (b"connection", b"close"),
+        ]
+        try:
+            data = self._h11.send(
+                h11.Response(status_code=status, headers=headers, reason=response.reason.encode())
+            ) or b""
+            data += self._h11.send(h11.Data(data=response.body)) or b""
+            data += self._h11.send(h11.EndOfMessage()) or b""
+            transport.write(data)
+        except h11.LocalProtocolError:
+            pass
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def close_if_idle(self) -> bool:
+        """Close now unless a request is being answered (server shutdown)."""
+        if self._busy:
+            return False
+        self._close()
+        return True
+
+    # Timers ---------------------------------------------------------------------
+
+    def _set_timer(self, delay: float) -> None:
+        self._cancel_timer()
+        self._timer = self.server.loop.call_later(delay, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._busy or self.transport is None:
+            return
+        if self._idle:
+            self._close()  # nothing was sent: idle keep-alive, or a silent client
+        else:
+            logger.debug("request from %s timed out", self.peer)
+            self._refuse(408, "request timed out")
+
+    def __repr__(self) -> str:
+        return f"<HTTPConnection {self.peer}>"

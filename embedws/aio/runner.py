@@ -1,0 +1,110 @@
+"""Handler runners: where a route's handler runs.
+
+The server asks the app for one runner per mode (``"async"``, ``"thread"``,
+``"greenlet"``); this module defines what a runner does and the async one. The
+sync runners live in ``embedws/sync/runner.py``: the core never imports them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..errors import WebsocketClosed
+from ..request import Request
+from .connection import Connection
+
+__all__ = ["AsyncRunner", "HandlerRunner", "log_handler_crash"]
+
+logger = logging.getLogger("embedws.server")
+
+
+class HandlerRunner(Protocol):
+    """Runs websocket handlers and HTTP handlers of one mode.
+
+    Thread contract: every method but ``join`` is called on the event loop.
+    """
+
+    def has_capacity(self) -> bool:
+        """Whether one more websocket handler may start now."""
+
+    def start(
+        self, conn: Connection, request: Request, handler: Callable[..., Any], params: dict[str, Any]
+    ) -> None:
+        """Run a websocket handler for ``conn``; close the connection when it ends."""
+
+    async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run an HTTP handler (or other user code) and return its result."""
+
+    async def shutdown(self, deadline: float) -> None:
+        """Wait for running handlers until ``deadline`` (loop time), then give up on them."""
+
+    def join(self, timeout: float) -> None:
+        """Join worker threads (called off the loop, after ``shutdown``)."""
+
+
+def log_handler_crash(handler: Callable[..., Any], request: Request | None) -> None:
+    name = getattr(handler, "__qualname__", repr(handler))
+    path = request.path if request is not None else "?"
+    logger.error("websocket handler %s for %s raised; closing with 1011", name, path, exc_info=True)
+
+
+class AsyncRunner:
+    """Runs ``async def`` handlers as tasks on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._tasks: dict[asyncio.Task[None], str] = {}
+
+    def has_capacity(self) -> bool:
+        return True
+
+    def start(
+        self, conn: Connection, request: Request, handler: Callable[..., Any], params: dict[str, Any]
+    ) -> None:
+        task = self._loop.create_task(self._run(conn, request, handler, params))
+        self._tasks[task] = getattr(handler, "__qualname__", repr(handler))
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    @staticmethod
+    async def _run(
+        conn: Connection, request: Request, handler: Callable[..., Any], params: dict[str, Any]
+    ) -> None:
+        code, reason = 1000, ""
+        try:
+            result = handler(request, conn.facade, **params)
+            if inspect.isawaitable(result):
+                await result
+        except WebsocketClosed:
+            logger.debug("handler %s ended: websocket closed", handler)
+        except asyncio.CancelledError:
+            conn.start_close(1001, "server shutting down")
+            raise
+        except Exception:
+            log_handler_crash(handler, request)
+            code, reason = 1011, "internal error"
+        conn.start_close(code, reason)
+
+    async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def shutdown(self, deadline: float) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=max(deadline - self._loop.time(), 0))
+        for task, name in self._tasks.items():
+            logger.warning("cancelling websocket handler %s, still running at shutdown", name)
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=1.0)
+
+    def join(self, timeout: float) -> None:
+        return None

@@ -1,0 +1,416 @@
+"""The async server: ``embedws.aio.serve(app, host, port)`` on the running loop.
+
+Theory of operation
+-------------------
+:class:`Server` owns the listening sockets, the set of sockets still speaking
+HTTP (:class:`~embedws.aio.http.HTTPConnection`) and the set of open websockets
+(:class:`~embedws.aio.connection.Connection`). It sees the application only
+through :class:`ServedApp` (routes, config, middleware, listeners, runners).
+
+Shutdown order (``close()``): ``before_server_stop`` listeners; stop accepting;
+close idle HTTP connections; send close 1001 to every websocket; wait until the
+connections are gone and the handlers have returned, at most
+``GRACEFUL_SHUTDOWN_TIMEOUT``; abort what remains and give up on handlers still
+running (logged); ``after_server_stop`` listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import ssl as ssl_module
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Any, Protocol
+
+from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
+from websockets.protocol import OPEN
+
+from ..config import Config
+from ..handshake import subprotocol_selector
+from ..protocol import ServerProtocol
+from ..request import Request
+from ..response import HTTPResponse
+from ..routing import Route, Router
+from ..security import is_loopback_address
+from ..tls import SSLArg, server_context
+from .connection import Connection, Settings, Websocket
+from .http import HTTPConnection
+from .runner import HandlerRunner
+
+__all__ = ["ServedApp", "Server", "serve"]
+
+logger = logging.getLogger("embedws.server")
+protocol_logger = logging.getLogger("embedws.protocol")
+
+
+class ServedApp(Protocol):
+    """What the core needs of an application (``embedws.App`` provides it)."""
+
+    name: str
+    router: Router
+    config: Config
+    error_format: str | None
+
+    @property
+    def request_middleware(self) -> Sequence[Callable[..., Any]]: ...
+    @property
+    def response_middleware(self) -> Sequence[Callable[..., Any]]: ...
+    def listeners_for(self, event: str) -> Sequence[Callable[..., Any]]: ...
+    def handler_runners(
+        self, loop: asyncio.AbstractEventLoop, config: Config
+    ) -> Mapping[str, HandlerRunner]: ...
+    def next_connection_id(self) -> int: ...
+    def connection_opened(self, conn: Connection) -> None: ...
+    def connection_closed(self, conn: Connection) -> None: ...
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+class Server:
+    """A running server. Thread contract: use it on its event loop only.
+
+    Attributes:
+        config: the configuration this server runs with.
+    """
+
+    def __init__(self, app: ServedApp, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.config = config
+        self.loop = loop
+        self.router = app.router
+        self.error_format = app.error_format
+        self.settings = Settings(
+            close_timeout=config.WEBSOCKET_TIMEOUT,
+            ping_interval=config.WEBSOCKET_PING_INTERVAL,
+            ping_timeout=config.WEBSOCKET_PING_TIMEOUT,
+            max_queue=config.WEBSOCKET_MAX_QUEUE,
+            write_timeout=config.WEBSOCKET_WRITE_TIMEOUT,
+        )
+        self.tls = False
+        self.loopback_only = True
+        self.named_hosts: frozenset[str] = frozenset()
+        self.closing = False
+        self._runners: Mapping[str, HandlerRunner] = {}
+        self._servers: list[asyncio.Server] = []
+        self._http: set[HTTPConnection] = set()
+        self._websockets: set[Connection] = set()
+        self._extensions = (
+            enable_server_permessage_deflate(None)
+            if config.WEBSOCKET_COMPRESSION == "deflate"
+            else None
+        )
+        self._selectors: dict[Route, Callable[[Any, Sequence[str]], str | None]] = {}
+        self._emptied: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] = loop.create_future()
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._unix: str | None = None
+
+    # Starting -------------------------------------------------------------------
+
+    async def start(
+        self,
+        host: str | Sequence[str] | None,
+        port: int,
+        *,
+        ssl: SSLArg = None,
+        sock: socket.socket | None = None,
+        unix: str | None = None,
+    ) -> None:
+        context = server_context(ssl)
+        self.tls = context is not None
+        self.named_hosts = self.router.named_hosts()
+        self._runners = self.app.handler_runners(self.loop, self.config)
+        await self._run_listeners("before_server_start", raise_errors=True)
+        options: dict[str, Any] = {
+            "ssl": context,
+            "ssl_handshake_timeout": self.config.WEBSOCKET_TIMEOUT if context else None,
+        }
+        factory = self._make_http_connection
+        if unix is not None:
+            self._unix = unix
+            server = await self.loop.create_unix_server(factory, unix, **options)
+        elif sock is not None:
+            server = await self.loop.create_server(factory, sock=sock, **options)
+        else:
+            server = await self.loop.create_server(
+                factory, host, port, reuse_address=True, **options
+            )
+        self._servers.append(server)
+        self.loopback_only = all(_is_loopback_socket(s) for s in self.sockets)
+        await self._run_listeners("after_server_start", raise_errors=True)
+
+    def _make_http_connection(self) -> HTTPConnection:
+        return HTTPConnection(self)
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets."""
+        return [s for server in self._servers for s in server.sockets]  # type: ignore[misc]
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (0 for a Unix socket)."""
+        for sock in self.sockets:
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                return int(name[1])
+        return 0
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` (``wss://`` with TLS) of the first listening socket."""
+        scheme = "wss" if self.tls else "ws"
+        if self._unix is not None:
+            return f"{scheme}+unix://{self._unix}"
+        for sock in self.sockets:
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                host = str(name[0])
+                if ":" in host:
+                    host = f"[{host}]"
+                return f"{scheme}://{host}:{name[1]}"
+        return f"{scheme}://localhost"
+
+    # Used by the HTTP front ---------------------------------------------------
+
+    def track_http(self, conn: HTTPConnection) -> bool:
+        if self.closing:
+            return False
+        self._http.add(conn)
+        return True
+
+    def untrack_http(self, conn: HTTPConnection) -> None:
+        self._http.discard(conn)
+        self._maybe_emptied()
+
+    def connection_count(self) -> int:
+        return len(self._http) + len(self._websockets)
+
+    def runner_for(self, route: Route) -> HandlerRunner:
+        if route.is_async:
+            return self._runners["async"]
+        return self._runners[route.mode or self.config.SYNC_HANDLER_MODE]
+
+    def over_capacity(self, route: Route) -> bool:
+        """Past ``MAX_CONNECTIONS``, or no handler slot left for this route."""
+        return (
+            self.connection_count() > self.config.MAX_CONNECTIONS
+            or not self.runner_for(route).has_capacity()
+        )
+
+    def make_protocol(self, route: Route) -> ServerProtocol:
+        selector = self._selectors.get(route)
+        if selector is None:
+            selector = self._selectors[route] = subprotocol_selector(route.subprotocols)
+        return ServerProtocol(
+            subprotocols=list(route.subprotocols) if route.subprotocols else None,
+            select_subprotocol=selector,
+            extensions=self._extensions,
+            max_size=self.config.WEBSOCKET_MAX_SIZE,
+            logger=protocol_logger,
+            state=OPEN,
+        )
+
+    def accept_websocket(
+        self,
+        transport: asyncio.Transport,
+        protocol: ServerProtocol,
+        request: Request,
+        route: Route,
+        params: dict[str, Any],
+        head: bytes,
+        trailing: bytes,
+    ) -> Connection:
+        """Turn an upgraded socket into a websocket and start its handler."""
+        conn = Websocket(
+            protocol,
+            self.settings,
+            self.loop,
+            request=request,
+            route=route,
+            conn_id=self.app.next_connection_id(),
+            on_close=self._websocket_closed,
+        )
+        self._websockets.add(conn)
+        # The runner installs its consumer before any byte is fed to the connection.
+        self.runner_for(route).start(conn, request, route.handler, params)
+        self.app.connection_opened(conn)
+        conn.attach(transport, head, trailing)
+        return conn
+
+    def _websocket_closed(self, conn: Connection) -> None:
+        self._websockets.discard(conn)
+        try:
+            self.app.connection_closed(conn)
+        finally:
+            self._maybe_emptied()
+
+    def _maybe_emptied(self) -> None:
+        if self._emptied is not None and not self._emptied.done():
+            if not self._websockets and not self._http:
+                self._emptied.set_result(None)
+
+    async def run_request_middleware(self, request: Request) -> HTTPResponse | None:
+        for middleware in self.app.request_middleware:
+            result = await _maybe_await(middleware(request))
+            if result is not None:
+                if not isinstance(result, HTTPResponse):
+                    raise TypeError(
+                        f"on_request middleware {middleware.__qualname__} returned "
+                        f"{type(result).__name__}, not an HTTPResponse or None"
+                    )
+                return result
+        return None
+
+    async def run_response_middleware(
+        self, request: Request, response: HTTPResponse
+    ) -> HTTPResponse:
+        for middleware in self.app.response_middleware:
+            result = await _maybe_await(middleware(request, response))
+            if isinstance(result, HTTPResponse) and response.status != 101:
+                response = result
+        return response
+
+    async def _run_listeners(self, event: str, *, raise_errors: bool = False) -> None:
+        for listener in self.app.listeners_for(event):
+            try:
+                await _maybe_await(listener(self.app))
+            except Exception:
+                if raise_errors:
+                    raise
+                logger.error("%s listener %s raised", event, listener.__qualname__, exc_info=True)
+
+    # Stopping -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Start the graceful shutdown (idempotent); ``wait_closed`` waits for it."""
+        if self._shutdown_task is None:
+            self._shutdown_task = self.loop.create_task(self._shutdown())
+
+    async def wait_closed(self) -> None:
+        """Wait until the shutdown is complete."""
+        await asyncio.shield(self._closed)
+
+    async def serve_forever(self) -> None:
+        """Serve until ``close()`` is called; closes the server if cancelled."""
+        try:
+            await self.wait_closed()
+        except asyncio.CancelledError:
+            self.close()
+            await asyncio.shield(self._closed)
+            raise
+
+    async def _shutdown(self) -> None:
+        try:
+            await self._run_listeners("before_server_stop")
+            self.closing = True
+            for server in self._servers:
+                server.close()
+            deadline = self.loop.time() + self.config.GRACEFUL_SHUTDOWN_TIMEOUT
+            for http in list(self._http):
+                http.close_if_idle()
+            for conn in list(self._websockets):
+                conn.start_close(1001, "server shutting down")
+            if self._websockets or self._http:
+                self._emptied = self.loop.create_future()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._emptied
+                except TimeoutError:
+                    logger.warning(
+                        "%d connections still open after the graceful shutdown timeout; aborting",
+                        len(self._websockets) + len(self._http),
+                    )
+            for conn in list(self._websockets):
+                conn.abort()
+            for http in list(self._http):
+                if http.transport is not None:
+                    http.transport.abort()
+            for runner in self._runners.values():
+                await runner.shutdown(deadline)
+            for server in self._servers:
+                await server.wait_closed()
+            await self._run_listeners("after_server_stop")
+        finally:
+            if not self._closed.done():
+                self._closed.set_result(None)
+
+    def join_handlers(self, timeout: float) -> None:
+        """Join handler threads (blocking: call it off the loop, after shutdown)."""
+        for runner in self._runners.values():
+            runner.join(timeout)
+
+    def __repr__(self) -> str:
+        return f"<Server {self.url}>"
+
+
+def _is_loopback_socket(sock: socket.socket) -> bool:
+    if sock.family == getattr(socket, "AF_UNIX", None):
+        return True
+    name = sock.getsockname()
+    return isinstance(name, tuple) and is_loopback_address(str(name[0]))
+
+
+class serve:  # noqa: N801 - used like a function, as websockets.serve is
+    """Serve ``app`` on the running loop: ``async with serve(app, host, port) as server``.
+
+    Also awaitable: ``server = await serve(app, ...)``; then ``server.close()``
+    and ``await server.wait_closed()``.
+
+    Args:
+        app: the application.
+        host: address or list of addresses to listen on (default loopback).
+        port: the port; 0 picks a free one (see ``server.port``).
+        ssl: an ``SSLContext`` or ``{"cert": ..., "key": ...}``.
+        sock: an already bound socket to serve on.
+        unix: a Unix socket path to serve on.
+        **config: configuration values for this server only.
+    """
+
+    def __init__(
+        self,
+        app: ServedApp,
+        host: str | Sequence[str] | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl: ssl_module.SSLContext | Mapping[str, Any] | None = None,
+        sock: socket.socket | None = None,
+        unix: str | None = None,
+        **config: Any,
+    ) -> None:
+        self._app = app
+        self._config = app.config.copy(**config)
+        self._host, self._port = host, port
+        self._ssl, self._sock, self._unix = ssl, sock, unix
+        self._server: Server | None = None
+
+    async def _start(self) -> Server:
+        server = Server(self._app, self._config, asyncio.get_running_loop())
+        try:
+            await server.start(
+                self._host, self._port, ssl=self._ssl, sock=self._sock, unix=self._unix
+            )
+        except BaseException:
+            server.close()
+            await server.wait_closed()
+            raise
+        self._server = server
+        return server
+
+    def __await__(self) -> Generator[Any, None, Server]:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> Server:
+        return await self._start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+

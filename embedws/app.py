@@ -1,0 +1,422 @@
+"""``embedws.App``: the composition root of routes, config, middleware and listeners.
+
+The app holds what to serve; ``start``/``serve``/``run`` hand it to the sync
+facade, which runs the async core on the background loop thread;
+``embedws.aio.serve(app, ...)`` runs the same core on the caller's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+from .aio.connection import Connection
+from .aio.runner import AsyncRunner, HandlerRunner
+from .config import Config
+from .errors import RouteError
+from .routing import Route, Router, RouteKind, hosts_tuple, make_uri
+from .sync.runner import GreenletRunner, ThreadRunner
+from .sync.server import Server, run_until_stopped, start
+from .tls import SSLArg
+
+__all__ = ["App", "Blueprint"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+LISTENER_EVENTS = (
+    "before_server_start",
+    "after_server_start",
+    "before_server_stop",
+    "after_server_stop",
+)
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
+
+
+class _RouteTable:
+    """Route registration shared by :class:`App` and :class:`Blueprint`."""
+
+    def _register(self, kind: RouteKind, handler: Callable[..., Any], uri: str, **options: Any) -> Any:
+        raise NotImplementedError
+
+    def websocket(
+        self,
+        uri: str,
+        host: str | Sequence[str] | None = None,
+        strict_slashes: bool | None = None,
+        subprotocols: Sequence[str] | None = None,
+        name: str | None = None,
+        apply: Sequence[Callable[..., Any]] | None = None,
+        version: int | str | float | None = None,
+        version_prefix: str = "/v",
+        error_format: str | None = None,
+        mode: str | None = None,
+    ) -> Callable[[_F], _F]:
+        """Decorate a websocket handler ``(request, ws, **params)``, sync or async.
+
+        Args:
+            uri: the path, with parameters such as ``<room>`` or ``<id:int>``.
+            host: only serve requests whose Host is this one (or one of these).
+            strict_slashes: when false, ``/ws`` and ``/ws/`` both match.
+            subprotocols: subprotocols the server speaks, in preference order.
+            name: the name for ``url_for`` (default: the handler's name).
+            apply: decorators applied to the handler, in order.
+            version: serve under ``/v<version>`` (``version_prefix`` replaces ``/v``).
+            error_format: ``"json"``, ``"html"`` or ``"text"`` for HTTP error bodies.
+            mode: ``"thread"`` or ``"greenlet"`` for a sync handler.
+        """
+
+        def decorator(handler: _F) -> _F:
+            self.add_websocket_route(
+                handler,
+                uri,
+                host=host,
+                strict_slashes=strict_slashes,
+                subprotocols=subprotocols,
+                name=name,
+                apply=apply,
+                version=version,
+                version_prefix=version_prefix,
+                error_format=error_format,
+                mode=mode,
+            )
+            return handler
+
+        return decorator
+
+    def add_websocket_route(self, handler: Callable[..., Any], uri: str, **options: Any) -> Any:
+        """Register a websocket handler; the options are those of :meth:`websocket`."""
+        return self._register("websocket", handler, uri, **options)
+
+    def route(
+        self,
+        uri: str,
+        methods: Sequence[str] = ("GET",),
+        host: str | Sequence[str] | None = None,
+        strict_slashes: bool | None = None,
+        name: str | None = None,
+        apply: Sequence[Callable[..., Any]] | None = None,
+        version: int | str | float | None = None,
+        version_prefix: str = "/v",
+        error_format: str | None = None,
+        mode: str | None = None,
+    ) -> Callable[[_F], _F]:
+        """Decorate an HTTP handler ``(request, **params)`` returning an ``HTTPResponse``.
+
+        Sync handlers run off the event loop (on the handler pool, or in a
+        greenlet in greenlet mode); async ones on the loop.
+        """
+
+        def decorator(handler: _F) -> _F:
+            self.add_route(
+                handler,
+                uri,
+                methods=methods,
+                host=host,
+                strict_slashes=strict_slashes,
+                name=name,
+                apply=apply,
+                version=version,
+                version_prefix=version_prefix,
+                error_format=error_format,
+                mode=mode,
+            )
+            return handler
+
+        return decorator
+
+    def add_route(
+        self, handler: Callable[..., Any], uri: str, methods: Sequence[str] = ("GET",), **options: Any
+    ) -> Any:
+        """Register an HTTP handler; the options are those of :meth:`route`."""
+        return self._register("http", handler, uri, methods=methods, **options)
+
+    def get(self, uri: str, **options: Any) -> Callable[[_F], _F]:
+        """:meth:`route` for GET (and HEAD)."""
+        return self.route(uri, methods=("GET",), **options)
+
+    def post(self, uri: str, **options: Any) -> Callable[[_F], _F]:
+        """:meth:`route` for POST."""
+        return self.route(uri, methods=("POST",), **options)
+
+    def put(self, uri: str, **options: Any) -> Callable[[_F], _F]:
+        """:meth:`route` for PUT."""
+        return self.route(uri, methods=("PUT",), **options)
+
+    def delete(self, uri: str, **options: Any) -> Callable[[_F], _F]:
+        """:meth:`route` for DELETE."""
+        return self.route(uri, methods=("DELETE",), **options)
+
+    def patch(self, uri: str, **options: Any) -> Callable[[_F], _F]:
+        """:meth:`route` for PATCH."""
+        return self.route(uri, methods=("PATCH",), **options)
+
+
+class Blueprint(_RouteTable):
+    """A group of routes under a URL prefix, added to an app with ``app.blueprint(bp)``.
+
+    Route names become ``"<blueprint name>.<route name>"``.
+    Thread contract: build it before serving.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url_prefix: str | None = None,
+        *,
+        host: str | Sequence[str] | None = None,
+        version: int | str | float | None = None,
+        strict_slashes: bool | None = None,
+    ) -> None:
+        self.name = name
+        self.url_prefix = url_prefix or ""
+        self.host = host
+        self.version = version
+        self.strict_slashes = strict_slashes
+        self._deferred: list[tuple[RouteKind, Callable[..., Any], str, dict[str, Any]]] = []
+
+    def _register(self, kind: RouteKind, handler: Callable[..., Any], uri: str, **options: Any) -> None:
+        self._deferred.append((kind, handler, uri, options))
+
+    def register(self, app: App) -> None:
+        for kind, handler, uri, options in self._deferred:
+            options = dict(options)
+            if options.get("host") is None:
+                options["host"] = self.host
+            if options.get("version") is None:
+                options["version"] = self.version
+            if options.get("strict_slashes") is None:
+                options["strict_slashes"] = self.strict_slashes
+            options["name"] = f"{self.name}.{options.get('name') or handler.__name__}"
+            app._register(kind, handler, uri, prefix=self.url_prefix, **options)
+
+
+class App(_RouteTable):
+    """A set of websocket and HTTP routes, and how to serve them.
+
+    Thread contract: register routes, middleware and listeners before serving;
+    ``start``/``serve``/``run``/``stop``, ``url_for`` and ``config`` reads are
+    safe from any thread.
+    """
+
+    def __init__(
+        self,
+        name: str = "embedws",
+        *,
+        config: Mapping[str, Any] | None = None,
+        strict_slashes: bool = False,
+        error_format: str | None = None,
+    ) -> None:
+        self.name = name
+        self.config = Config(config)
+        self.router = Router()
+        self.strict_slashes = strict_slashes
+        self.error_format = error_format
+        self.ctx = SimpleNamespace()
+        self._request_middleware: list[Callable[..., Any]] = []
+        self._response_middleware: list[Callable[..., Any]] = []
+        self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in LISTENER_EVENTS}
+        self._ids = itertools.count(1)
+        self._servers: list[Server] = []
+        self._servers_lock = threading.Lock()  # guards _servers
+
+    # Routes -------------------------------------------------------------------
+
+    def _register(
+        self,
+        kind: RouteKind,
+        handler: Callable[..., Any],
+        uri: str,
+        *,
+        prefix: str = "",
+        methods: Sequence[str] = ("GET",),
+        host: str | Sequence[str] | None = None,
+        strict_slashes: bool | None = None,
+        subprotocols: Sequence[str] | None = None,
+        name: str | None = None,
+        apply: Sequence[Callable[..., Any]] | None = None,
+        version: int | str | float | None = None,
+        version_prefix: str = "/v",
+        error_format: str | None = None,
+        mode: str | None = None,
+    ) -> Route:
+        if not callable(handler):
+            raise RouteError(f"the handler for {uri!r} is not callable")
+        if mode not in (None, "thread", "greenlet"):
+            raise RouteError(f"mode must be 'thread' or 'greenlet', not {mode!r}")
+        if error_format not in (None, "json", "html", "text"):
+            raise RouteError(f"error_format must be 'json', 'html' or 'text', not {error_format!r}")
+        original = handler
+        for decorator in apply or ():
+            handler = decorator(handler)
+        upper = frozenset(m.upper() for m in methods)
+        unknown = upper - set(HTTP_METHODS)
+        if unknown:
+            raise RouteError(f"unknown HTTP methods {sorted(unknown)} for {uri!r}")
+        route = Route(
+            kind=kind,
+            uri=make_uri(uri, prefix=prefix, version=version, version_prefix=version_prefix),
+            handler=handler,
+            name=name or getattr(original, "__name__", "handler"),
+            methods=frozenset({"GET"}) if kind == "websocket" else upper,
+            hosts=hosts_tuple(host),
+            strict_slashes=self.strict_slashes if strict_slashes is None else strict_slashes,
+            subprotocols=tuple(subprotocols) if subprotocols else None,
+            error_format=error_format,
+            mode=mode,
+        )
+        return self.router.add(route)
+
+    def blueprint(self, blueprint: Blueprint) -> None:
+        """Add the routes of ``blueprint``."""
+        blueprint.register(self)
+
+    def url_for(self, name: str, **params: Any) -> str:
+        """The path of the route named ``name``; extra params become the query string.
+
+        Raises:
+            RouteError: no such route, or a path parameter is missing.
+        """
+        return self.router.named(name).build(params)
+
+    # Middleware and listeners --------------------------------------------------
+
+    def on_request(self, middleware: _F) -> _F:
+        """Run ``middleware(request)`` before each handler and handshake.
+
+        Returning an ``HTTPResponse`` answers with it (a refused handshake);
+        what it puts on ``request.ctx`` reaches the handler. Sync middleware
+        runs on the event loop and must not block.
+        """
+        self._request_middleware.append(middleware)
+        return middleware
+
+    def on_response(self, middleware: _F) -> _F:
+        """Run ``middleware(request, response)`` on every HTTP response and on the 101."""
+        self._response_middleware.append(middleware)
+        return middleware
+
+    def middleware(self, kind: str = "request") -> Callable[[_F], _F]:
+        """``@app.middleware("request")`` / ``("response")``, as in Sanic."""
+        if kind not in ("request", "response"):
+            raise ValueError("middleware kind must be 'request' or 'response'")
+        return self.on_request if kind == "request" else self.on_response
+
+    def listener(self, event: str) -> Callable[[_F], _F]:
+        """Decorate ``listener(app)`` for one of the four server events."""
+        if event not in LISTENER_EVENTS:
+            raise ValueError(f"unknown listener event {event!r}; one of {LISTENER_EVENTS}")
+
+        def decorator(fn: _F) -> _F:
+            self._listeners[event].append(fn)
+            return fn
+
+        return decorator
+
+    def before_server_start(self, fn: _F) -> _F:
+        """Called with ``(app)`` before the server listens; an error aborts the start."""
+        return self.listener("before_server_start")(fn)
+
+    def after_server_start(self, fn: _F) -> _F:
+        """Called with ``(app)`` once the server listens."""
+        return self.listener("after_server_start")(fn)
+
+    def before_server_stop(self, fn: _F) -> _F:
+        """Called with ``(app)`` when the shutdown begins."""
+        return self.listener("before_server_stop")(fn)
+
+    def after_server_stop(self, fn: _F) -> _F:
+        """Called with ``(app)`` when the shutdown is complete."""
+        return self.listener("after_server_stop")(fn)
+
+    # Serving --------------------------------------------------------------------
+
+    def start(
+        self,
+        host: str | Sequence[str] | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        ssl: SSLArg = None,
+        sock: socket.socket | None = None,
+        unix: str | None = None,
+        **config: Any,
+    ) -> Server:
+        """Serve in the background; return a :class:`~embedws.sync.Server` once listening.
+
+        ``config`` overrides ``app.config`` for this server only.
+        """
+        server = start(self, host, port, ssl=ssl, sock=sock, unix=unix, **config)
+        with self._servers_lock:
+            self._servers = [s for s in self._servers if not s.wait(0)]
+            self._servers.append(server)
+        return server
+
+    @contextmanager
+    def serve(
+        self,
+        host: str | Sequence[str] | None = "127.0.0.1",
+        port: int = 0,
+        **options: Any,
+    ) -> Iterator[Server]:
+        """``with app.serve(port=0) as server:``: serve for the block, then stop."""
+        server = self.start(host, port, **options)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    def run(
+        self, host: str | Sequence[str] | None = "127.0.0.1", port: int = 8000, **options: Any
+    ) -> None:
+        """Serve until Ctrl-C / SIGTERM (from the main thread) or :meth:`stop`.
+
+        Returns once the graceful shutdown is complete.
+        """
+        server = self.start(host, port, **options)
+        run_until_stopped(server)
+
+    def stop(self) -> None:
+        """Stop every server this app started (from any thread, listeners included)."""
+        with self._servers_lock:
+            servers, self._servers = self._servers, []
+        for server in servers:
+            server.stop()
+
+    # What the core needs (embedws.aio.server.ServedApp) ------------------------
+
+    @property
+    def request_middleware(self) -> Sequence[Callable[..., Any]]:
+        return self._request_middleware
+
+    @property
+    def response_middleware(self) -> Sequence[Callable[..., Any]]:
+        return self._response_middleware
+
+    def listeners_for(self, event: str) -> Sequence[Callable[..., Any]]:
+        return self._listeners[event]
+
+    def handler_runners(
+        self, loop: asyncio.AbstractEventLoop, config: Config
+    ) -> Mapping[str, HandlerRunner]:
+        return {
+            "async": AsyncRunner(loop),
+            "thread": ThreadRunner(loop, config.SYNC_HANDLER_THREADS),
+            "greenlet": GreenletRunner(loop, config.LOOP_BLOCK_WARNING),
+        }
+
+    def next_connection_id(self) -> int:
+        return next(self._ids)
+
+    def connection_opened(self, conn: Connection) -> None:
+        pass
+
+    def connection_closed(self, conn: Connection) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"<App {self.name!r}: {len(self.router.routes)} routes>"

@@ -1,0 +1,78 @@
+"""The accept-or-refuse decision for a websocket opening handshake (pure).
+
+The HTTP front asks, in this order: is the Host allowed (for every request, in
+``http.py``), is this an upgrade, is the Origin allowed, is the version 13.
+The ``websockets`` Sans-I/O layer then validates the key and negotiates
+extensions; :func:`subprotocol_selector` gives it our subprotocol rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .config import Config
+from .request import Request
+from .response import HTTPResponse, error_response
+from .security import origin_allowed
+
+__all__ = ["is_upgrade", "refuse_upgrade", "subprotocol_selector"]
+
+SUPPORTED_VERSION = "13"
+
+
+def is_upgrade(request: Request) -> bool:
+    """True if the request asks to switch to the websocket protocol."""
+    upgrade = request.header(b"upgrade")
+    return upgrade is not None and b"websocket" in upgrade.lower()
+
+
+def refuse_upgrade(
+    request: Request, config: Config, *, tls: bool, error_format: str | None
+) -> HTTPResponse | None:
+    """An error response if this handshake must be refused, else ``None``."""
+    origin = request.header(b"origin")
+    if not origin_allowed(
+        origin.decode("latin-1") if origin is not None else None,
+        request.host,
+        tls=tls,
+        allowed=config.WEBSOCKET_ORIGINS,
+    ):
+        assert origin is not None
+        return error_response(
+            403,
+            f"origin {origin.decode('latin-1')!r} may not open websockets here. "
+            "To allow it, add it to the WEBSOCKET_ORIGINS configuration key.",
+            error_format,
+        )
+    version = request.header(b"sec-websocket-version")
+    if version is None or version.strip() != SUPPORTED_VERSION.encode():
+        response = error_response(
+            426,
+            f"unsupported Sec-WebSocket-Version {version!r}; this server speaks version "
+            f"{SUPPORTED_VERSION}",
+            error_format,
+        )
+        response.headers["Sec-WebSocket-Version"] = SUPPORTED_VERSION
+        response.headers["Upgrade"] = "websocket"
+        return response
+    return None
+
+
+def subprotocol_selector(
+    preferred: Sequence[str] | None,
+) -> Callable[[Any, Sequence[str]], str | None]:
+    """The server's subprotocol choice: its first preference the client offered.
+
+    No subprotocol in common, or none offered, accepts the connection without
+    one (the stock Sans-I/O rule answers 400 instead).
+    """
+    preferences = tuple(preferred or ())
+
+    def select(_protocol: Any, offered: Sequence[str]) -> str | None:
+        for candidate in preferences:
+            if candidate in offered:
+                return candidate
+        return None
+
+    return select

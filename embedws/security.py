@@ -1,0 +1,143 @@
+"""Origin and Host checks: the defences of a server on someone's desktop (pure).
+
+Two attacks reach a server that listens on 127.0.0.1 from a web page the user
+happens to visit:
+
+* Cross-site websocket hijacking: the page opens ``ws://127.0.0.1:port`` itself.
+  Browsers send ``Origin`` with every websocket handshake, so the server refuses
+  origins that are neither its own nor loopback (``WEBSOCKET_ORIGINS``).
+* DNS rebinding: the page's own name is made to resolve to 127.0.0.1, so the
+  request is same-origin; but its ``Host`` is the foreign name, so the server
+  refuses Host values that are not loopback names (``ALLOWED_HOSTS``).
+
+Requests without ``Origin`` do not come from a browser page and pass the origin
+check (any local program can connect to a loopback port anyway).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Collection
+from urllib.parse import urlsplit
+
+from .routing import normalize_host
+
+__all__ = ["host_allowed", "is_loopback_address", "is_loopback_name", "origin_allowed"]
+
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+def is_loopback_name(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ``[::1]`` (already normalized, no port)."""
+    if host == "localhost":
+        return True
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return is_loopback_address(host)
+
+
+def is_loopback_address(address: str) -> bool:
+    """True if ``address`` is a literal loopback IP address."""
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_host_port(value: str, default_port: int) -> tuple[str, int] | None:
+    """(host, port) of a Host header value, or None if its port is not a number."""
+    host = normalize_host(value)
+    value = value.strip().lower()
+    end = value.find("]") + 1 if value.startswith("[") else value.find(":")
+    port = value[end + 1 :] if end > 0 and value[end : end + 1] == ":" else ""
+    if not port:
+        return host, default_port
+    return (host, int(port)) if port.isdigit() else None
+
+
+def _parse_origin(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of a serialized origin, or None if it is not one."""
+    # An origin is scheme://host[:port] and nothing else; refuse look-alikes
+    # with credentials, paths or odd characters instead of guessing.
+    if "@" in origin or "\\" in origin or any(c.isspace() for c in origin):
+        return None
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return parts.scheme, host, port if port is not None else _DEFAULT_PORTS[parts.scheme]
+
+
+def origin_allowed(
+    origin: str | None,
+    host_header: str,
+    *,
+    tls: bool,
+    allowed: str | Collection[str] | None,
+) -> bool:
+    """The ``WEBSOCKET_ORIGINS`` decision for one handshake.
+
+    Args:
+        origin: the ``Origin`` header, ``None`` when absent.
+        host_header: the ``Host`` header.
+        tls: whether the server connection is TLS (default port 443).
+        allowed: the ``WEBSOCKET_ORIGINS`` value.
+    """
+    if origin is None or allowed == "*":
+        return True
+    if allowed is not None:
+        wanted = origin.strip().rstrip("/").lower()
+        return any(wanted == entry.strip().rstrip("/").lower() for entry in allowed)
+    parsed = _parse_origin(origin.strip())
+    if parsed is None:
+        return False
+    _scheme, host, port = parsed
+    if is_loopback_name(host):
+        return True
+    own = _split_host_port(host_header, 443 if tls else 80)
+    return own is not None and own == (host, port)
+
+
+def host_allowed(
+    host_header: str | None,
+    *,
+    allowed: str | Collection[str] | None,
+    loopback_only: bool,
+    named_hosts: Collection[str],
+) -> bool:
+    """The ``ALLOWED_HOSTS`` decision (the DNS-rebinding guard) for one request.
+
+    Args:
+        host_header: the ``Host`` header, ``None`` when absent (HTTP/1.0).
+        allowed: the ``ALLOWED_HOSTS`` value.
+        loopback_only: whether every listening address is a loopback address.
+        named_hosts: the hosts routes name with ``host=``.
+    """
+    if allowed == "*":
+        return True
+    if allowed is None and not loopback_only:
+        return True
+    if host_header is None:
+        # No Host header: not a browser (browsers always send one), so not a
+        # rebinding page either.
+        return True
+    host = normalize_host(host_header)
+    if is_loopback_name(host) or host in named_hosts:
+        return True
+    if allowed is None:
+        return False
+    for entry in allowed:
+        entry = normalize_host(entry)
+        if entry.startswith(".") and (host == entry[1:] or host.endswith(entry)):
+            return True
+        if host == entry:
+            return True
+    return False

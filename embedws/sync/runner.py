@@ -1,0 +1,461 @@
+"""Runners for ``def`` handlers: a dedicated thread pool, or greenlets on the loop.
+
+Thread mode: each websocket handler holds one thread of a bounded pool
+(``SYNC_HANDLER_THREADS``) for the life of its connection. The pool is the
+server's own: not asyncio's default executor, nor anyio's 40-token limiter.
+
+Greenlet mode: each handler runs in a greenlet on the loop thread. Where a
+thread would block (``recv``, a ``send`` to a slow peer, ``wait_closed``), the
+greenlet parks itself on the connection's inbox and switches back to the loop;
+the loop switches into it again when what it waits for happened (a message, a
+close, a timer). A greenlet handler therefore must not block on anything else:
+``embedws.sync.sleep`` is the blocking sleep that switches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import greenlet
+
+from ..aio.connection import Connection
+from ..aio.runner import log_handler_crash
+from ..errors import ServiceUnavailable, WebsocketClosed
+from ..request import Request
+from .loop import Inbox
+from .websocket import Websocket
+
+__all__ = [
+    "GreenletRunner",
+    "HandlerPool",
+    "ThreadRunner",
+    "park_for_message",
+    "park_until_closed",
+    "sleep",
+    "wait_writable",
+]
+
+logger = logging.getLogger("embedws.server")
+
+_IDLE_SECONDS = 60.0  # an idle pool thread exits after this long
+_TIMED_OUT = object()
+
+_worker = threading.local()  # .pool is set on pool threads
+
+
+def in_handler_thread() -> bool:
+    """True on a thread of a handler pool (a sync handler in thread mode)."""
+    return getattr(_worker, "pool", None) is not None
+
+
+class HandlerPool:
+    """A bounded pool of threads that each run one handler at a time.
+
+    Thread contract: ``try_submit`` from the loop; ``join`` from any thread but
+    its own workers.
+    """
+
+    def __init__(self, max_threads: int, name: str) -> None:
+        self._max = max_threads
+        self._name = name
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._lock = threading.Lock()  # guards _busy, _idle, _threads, _closed
+        self._busy = 0  # jobs queued or running
+        self._idle = 0  # workers waiting for a job and not yet promised one
+        self._threads: dict[threading.Thread, str] = {}  # worker → what it runs
+        self._closed = False
+        self._count = 0
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def has_capacity(self) -> bool:
+        return not self._closed and self._busy < self._max
+
+    def try_submit(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` on a pool thread; False when the pool is full or closed."""
+        with self._lock:
+            if self._closed or self._busy >= self._max:
+                return False
+            self._busy += 1
+            if self._idle > 0:
+                self._idle -= 1
+            else:
+                self._count += 1
+                thread = threading.Thread(
+                    target=self._work, name=f"{self._name}-{self._count}", daemon=True
+                )
+                self._threads[thread] = ""
+                thread.start()
+        self._jobs.put((fn, args))
+        return True
+
+    def _work(self) -> None:
+        _worker.pool = self
+        me = threading.current_thread()
+        while True:
+            try:
+                job = self._jobs.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                with self._lock:
+                    if self._jobs.qsize() == 0 and self._idle > 0:
+                        self._idle -= 1
+                        self._threads.pop(me, None)
+                        return
+                continue
+            if job is None:
+                with self._lock:
+                    self._threads.pop(me, None)
+                return
+            fn, args = job
+            with self._lock:
+                self._threads[me] = getattr(args[0] if args else fn, "__qualname__", "")
+            try:
+                fn(*args)
+            except BaseException:  # pragma: no cover - jobs catch their own errors
+                logger.exception("uncaught error in a handler thread")
+            finally:
+                with self._lock:
+                    self._threads[me] = ""
+                    self._busy -= 1
+                    self._idle += 1
+
+    def close(self) -> None:
+        """Let idle workers exit; running jobs finish on their own."""
+        with self._lock:
+            self._closed = True
+            workers = len(self._threads)
+        for _ in range(workers):
+            self._jobs.put(None)
+
+    def join(self, timeout: float) -> None:
+        """Join the workers until ``timeout``; warn about the ones abandoned."""
+        deadline = time.monotonic() + timeout
+        me = threading.current_thread()
+        with self._lock:
+            threads = [t for t in self._threads if t is not me]
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        with self._lock:
+            stuck = [(t, name) for t, name in self._threads.items() if t.is_alive() and t is not me]
+        for thread, name in stuck:
+            logger.warning(
+                "abandoning handler thread %s still running %s after shutdown",
+                thread.name,
+                name or "a handler",
+            )
+
+
+class ThreadRunner:
+    """Runs ``def`` handlers on a :class:`HandlerPool` (thread mode)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_threads: int) -> None:
+        self._loop = loop
+        self._loop_ident = threading.get_ident()
+        self._pool = HandlerPool(max_threads, "embedws-handler")
+        self._running: set[asyncio.Future[None]] = set()
+
+    def has_capacity(self) -> bool:
+        return self._pool.has_capacity()
+
+    def start(
+        self, conn: Connection, request: Request, handler: Callable[..., Any], params: dict[str, Any]
+    ) -> None:
+        ws = Websocket(conn, self._loop_ident)
+        done = self._loop.create_future()
+        if not self._pool.try_submit(_HandlerJob(handler, request, ws, params, done)):
+            conn.start_close(1013, "try again later")
+            done.set_result(None)
+            return
+        self._running.add(done)
+        done.add_done_callback(self._running.discard)
+
+    async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        loop = self._loop
+        result: asyncio.Future[Any] = loop.create_future()
+
+        def run() -> None:
+            try:
+                value = fn(*args, **kwargs)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, result, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, result, value, None)
+
+        if not self._pool.try_submit(run):
+            raise ServiceUnavailable("all handler threads are busy; retry later")
+        return await result
+
+    async def shutdown(self, deadline: float) -> None:
+        self._pool.close()
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=max(deadline - self._loop.time(), 0))
+
+    def join(self, timeout: float) -> None:
+        self._pool.join(timeout)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
+
+
+class _HandlerJob:
+    """One websocket handler call, run on a pool thread or in a greenlet."""
+
+    __slots__ = ("__qualname__", "done", "handler", "params", "request", "ws")
+
+    def __init__(
+        self,
+        handler: Callable[..., Any],
+        request: Request,
+        ws: Websocket,
+        params: dict[str, Any],
+        done: asyncio.Future[None],
+    ) -> None:
+        self.handler, self.request, self.ws, self.params, self.done = (
+            handler,
+            request,
+            ws,
+            params,
+            done,
+        )
+        self.__qualname__ = getattr(handler, "__qualname__", repr(handler))
+
+    def __call__(self) -> None:
+        conn = self.ws.connection
+        code, reason = 1000, ""
+        try:
+            self.handler(self.request, self.ws, **self.params)
+        except WebsocketClosed:
+            logger.debug("handler %s ended: websocket closed", self.__qualname__)
+        except greenlet.GreenletExit:
+            code, reason = 1001, "server shutting down"
+        except Exception:
+            log_handler_crash(self.handler, self.request)
+            code, reason = 1011, "internal error"
+        finally:
+            try:
+                conn.loop.call_soon_threadsafe(_finish, conn, code, reason, self.done)
+            except RuntimeError:  # the loop is gone
+                pass
+
+
+def _finish(conn: Connection, code: int, reason: str, done: asyncio.Future[None]) -> None:
+    conn.start_close(code, reason)
+    if not done.done():
+        done.set_result(None)
+
+
+class GreenletRunner:
+    """Runs ``def`` handlers in greenlets on the loop thread (greenlet mode)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, block_warning: float | None = None
+    ) -> None:
+        self._loop = loop
+        self._loop_ident = threading.get_ident()
+        self._running: dict[asyncio.Future[None], greenlet.greenlet] = {}
+        self._block_warning = block_warning
+
+    def has_capacity(self) -> bool:
+        return True
+
+    def start(
+        self, conn: Connection, request: Request, handler: Callable[..., Any], params: dict[str, Any]
+    ) -> None:
+        ws = Websocket(conn, self._loop_ident)
+        done = self._loop.create_future()
+        job = _HandlerJob(handler, request, ws, params, done)
+        glet = greenlet.greenlet(self._timed(job) if self._block_warning else job)
+        self._running[done] = glet
+        done.add_done_callback(self._forget)
+        self._loop.call_soon(glet.switch)
+
+    def _forget(self, done: asyncio.Future[None]) -> None:
+        self._running.pop(done, None)
+
+    def _timed(self, job: _HandlerJob) -> Callable[[], None]:
+        threshold = self._block_warning
+        assert threshold is not None
+
+        def run() -> None:
+            _blocking_watch.threshold = threshold
+            _blocking_watch.name = job.__qualname__
+            _blocking_watch.resumed = time.perf_counter()
+            try:
+                job()
+            finally:
+                _check_blocked()
+
+        return run
+
+    async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        result: asyncio.Future[Any] = self._loop.create_future()
+
+        def run() -> None:
+            try:
+                value = fn(*args, **kwargs)
+            except BaseException as exc:
+                _settle(result, None, exc)
+            else:
+                _settle(result, value, None)
+
+        self._loop.call_soon(greenlet.greenlet(run).switch)
+        return await result
+
+    async def shutdown(self, deadline: float) -> None:
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=max(deadline - self._loop.time(), 0))
+        for done, glet in list(self._running.items()):
+            logger.warning("stopping a greenlet handler still running at shutdown")
+            if not glet.dead:
+                glet.throw(greenlet.GreenletExit)
+            if not done.done():
+                done.set_result(None)
+
+    def join(self, timeout: float) -> None:
+        return None
+
+
+class _BlockingWatch(threading.local):
+    threshold: float | None = None
+    name = ""
+    resumed = 0.0
+
+
+_blocking_watch = _BlockingWatch()
+
+
+def _check_blocked() -> None:
+    """Warn if the current greenlet handler ran without switching for too long."""
+    watch = _blocking_watch
+    if watch.threshold is None:
+        return
+    ran = time.perf_counter() - watch.resumed
+    if ran > watch.threshold:
+        logger.warning(
+            "greenlet handler %s blocked the event loop for %.0f ms; greenlet handlers "
+            "must not block (use embedws.sync.sleep, or thread mode)",
+            watch.name,
+            ran * 1000,
+        )
+
+
+def _switch_to_loop(current: greenlet.greenlet) -> Any:
+    parent = current.parent
+    assert parent is not None
+    _check_blocked()
+    value = parent.switch()
+    _blocking_watch.resumed = time.perf_counter()
+    return value
+
+
+def park_for_message(conn: Connection, inbox: Inbox, timeout: float | None) -> str | bytes:
+    """``recv`` in a greenlet handler: switch to the loop until a message comes."""
+    message = inbox.get_nowait()
+    if message is not None:
+        return inbox.taken(message)
+    if timeout is not None and timeout <= 0:
+        raise TimeoutError("no message received")
+    current = greenlet.getcurrent()
+    timer = None
+    if timeout is not None:
+        timer = conn.loop.call_later(timeout, _wake, current, _TIMED_OUT)
+    try:
+        while True:
+            inbox.parked = current
+            woken = _switch_to_loop(current)
+            message = inbox.get_nowait()
+            if message is not None:
+                return inbox.taken(message)
+            if woken is _TIMED_OUT:
+                raise TimeoutError("no message received in time")
+    finally:
+        if inbox.parked is current:
+            inbox.parked = None
+        if timer is not None:
+            timer.cancel()
+
+
+def _wake(glet: greenlet.greenlet, value: Any) -> None:
+    if not glet.dead:
+        glet.switch(value)
+
+
+def _watch(inbox: Inbox, current: greenlet.greenlet) -> None:
+    if inbox.watchers is None:
+        inbox.watchers = []
+    inbox.watchers.append(current)
+
+
+def wait_writable(conn: Connection, current: greenlet.greenlet) -> None:
+    """``send`` in a greenlet handler to a slow peer: wait until it reads again."""
+    inbox = conn._consumer
+    assert isinstance(inbox, Inbox)
+    while conn.writing_paused and not conn.lost:
+        _watch(inbox, current)
+        _switch_to_loop(current)
+    if conn.lost:
+        raise conn.close_exc()
+
+
+def park_until(
+    loop: asyncio.AbstractEventLoop,
+    is_set: Callable[[], bool],
+    watch: Callable[[greenlet.greenlet], None],
+    timeout: float | None,
+) -> bool:
+    """In a greenlet handler: switch to the loop until ``is_set()`` or ``timeout``.
+
+    ``watch(glet)`` registers the greenlet to be switched into when the
+    condition may have changed.
+    """
+    current = greenlet.getcurrent()
+    timer = None
+    if timeout is not None:
+        timer = loop.call_later(timeout, _wake, current, _TIMED_OUT)
+    try:
+        while not is_set():
+            watch(current)
+            if _switch_to_loop(current) is _TIMED_OUT:
+                return is_set()
+        return True
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def park_until_closed(conn: Connection, inbox: Inbox, timeout: float | None) -> bool:
+    """``wait_closed`` in a greenlet handler."""
+    return park_until(
+        conn.loop, inbox.closed_event.is_set, lambda g: _watch(inbox, g), timeout
+    )
+
+
+def sleep(seconds: float) -> None:
+    """Sleep; in a greenlet handler, switch to the loop meanwhile instead of blocking it."""
+    current = greenlet.getcurrent()
+    if current.parent is None:
+        time.sleep(seconds)
+        return
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(seconds, _wake, current, _TIMED_OUT)
+    try:
+        while _switch_to_loop(current) is not _TIMED_OUT:
+            pass
+    finally:
+        timer.cancel()

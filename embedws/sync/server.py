@@ -1,0 +1,182 @@
+"""Start, stop and run servers from code that is not async.
+
+``app.start()`` runs the async server on the shared loop thread and returns a
+:class:`Server` handle once the socket listens; ``app.serve()`` is the same as a
+context manager; ``app.run()`` blocks until Ctrl-C / SIGTERM or ``stop()``.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ..aio.server import ServedApp
+from ..aio.server import Server as AsyncServer
+from ..aio.server import serve as aio_serve
+from ..tls import SSLArg
+from .loop import LoopThread
+from .runner import in_handler_thread
+
+if TYPE_CHECKING:
+    from .client import ClientWebsocket
+
+__all__ = ["Server", "run_until_stopped", "start"]
+
+
+class Server:
+    """A server running on the background loop thread.
+
+    Thread contract: every method is safe from any thread. ``stop()`` called on
+    the loop thread, from a handler or from a listener starts the shutdown and
+    returns at once; elsewhere it returns when the shutdown is complete.
+    """
+
+    def __init__(self, loop_thread: LoopThread, server: AsyncServer) -> None:
+        self._loop_thread = loop_thread
+        self._server = server
+        self._closed = threading.Event()  # the async shutdown is complete
+        self._finished = threading.Event()  # threads joined, loop thread released
+        self._finish_lock = threading.Lock()  # guards _finishing
+        self._finishing = False
+        loop_thread.call_soon(self._watch_closed)
+
+    def _watch_closed(self) -> None:
+        task = self._server.loop.create_task(self._server.wait_closed())
+        task.add_done_callback(lambda _task: self._closed.set())
+
+    @property
+    def port(self) -> int:
+        """The listening port."""
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        """``ws://127.0.0.1:port`` (``wss://`` with TLS)."""
+        return self._server.url
+
+    @property
+    def config(self) -> Any:
+        """The configuration this server runs with."""
+        return self._server.config
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return self._server.sockets
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: close 1001 to every websocket, wait for handlers.
+
+        Args:
+            timeout: at most this many seconds (default: the server's
+                ``GRACEFUL_SHUTDOWN_TIMEOUT`` plus the closing handshake).
+        """
+        if self._finished.is_set():
+            return
+        try:
+            self._loop_thread.call_soon(self._server.close)
+        except Exception:  # the loop is gone already
+            pass
+        if self._loop_thread.on_loop_thread() or in_handler_thread():
+            threading.Thread(target=self._finish, name="embedws-stop", daemon=True).start()
+            return
+        self._finish(timeout)
+
+    def _finish(self, timeout: float | None = None) -> None:
+        config = self._server.config
+        if timeout is None:
+            timeout = config.GRACEFUL_SHUTDOWN_TIMEOUT + config.WEBSOCKET_TIMEOUT + 5
+        deadline = time.monotonic() + timeout
+        with self._finish_lock:
+            if self._finishing:
+                self._finished.wait(timeout)
+                return
+            self._finishing = True
+        try:
+            self._closed.wait(max(deadline - time.monotonic(), 0))
+            self._server.join_handlers(max(deadline - time.monotonic(), 0.1))
+        finally:
+            self._loop_thread.release()
+            self._finished.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped; ``False`` if ``timeout`` passed first."""
+        return self._closed.wait(timeout)
+
+    def serve_forever(self) -> None:
+        """Block until the server stops (``stop()`` from another thread, or a signal)."""
+        self._closed.wait()
+
+    def connect(self, path: str = "/", **options: Any) -> ClientWebsocket:
+        """A sync websocket client connected to ``path`` on this server (for tests)."""
+        from .client import connect
+
+        return connect(self.url + path, **options)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<sync.Server {self.url}>"
+
+
+def start(
+    app: ServedApp,
+    host: str | Sequence[str] | None = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl: SSLArg = None,
+    sock: socket.socket | None = None,
+    unix: str | None = None,
+    **config: Any,
+) -> Server:
+    """Start serving ``app`` on the background loop thread; return once listening.
+
+    Raises:
+        OSError: the address cannot be bound.
+        RuntimeError: called on the loop thread (it would deadlock).
+    """
+    running = LoopThread.running()
+    if running is not None:
+        running.check_can_block("app.start()")
+    loop_thread = LoopThread.acquire()
+    try:
+        server = loop_thread.run(
+            aio_serve(app, host, port, ssl=ssl, sock=sock, unix=unix, **config)._start()
+        )
+    except BaseException:
+        loop_thread.release()
+        raise
+    return Server(loop_thread, server)
+
+
+def run_until_stopped(server: Server) -> None:
+    """Block until ``server`` stops or, on the main thread, Ctrl-C / SIGTERM; then stop it."""
+    previous: Any = None
+    main = threading.current_thread() is threading.main_thread()
+    if main:
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+        server.stop()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,168 @@
+"""Shared fixtures: real servers on 127.0.0.1:0, real clients, time in units of MS."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
+
+import embedws
+
+#: One millisecond, scaled for slow machines (EMBEDWS_TESTS_TIMEOUT_FACTOR=3).
+MS = 0.001 * float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))
+
+#: Handler kinds every behavioural test runs with.
+KINDS = ("async", "thread", "greenlet")
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The kind of handler under test: ``async def``, or ``def`` in thread or greenlet mode."""
+    return str(request.param)
+
+
+def add_handler(
+    app: embedws.App,
+    uri: str,
+    kind: str,
+    sync_fn: Callable[..., Any],
+    async_fn: Callable[..., Any],
+    **options: Any,
+) -> None:
+    """Register the handler of this kind (the two forms do the same thing)."""
+    if kind == "async":
+        app.add_websocket_route(async_fn, uri, **options)
+    else:
+        app.add_websocket_route(sync_fn, uri, mode=kind, **options)
+
+
+def echo_handlers() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    def echo(request: Any, ws: Any) -> None:
+        for message in ws:
+            ws.send(message)
+
+    async def aecho(request: Any, ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    return echo, aecho
+
+
+@contextlib.contextmanager
+def serving(app: embedws.App, **config: Any) -> Iterator[embedws.sync.Server]:
+    """Serve ``app`` on a free loopback port for the block; stop afterwards."""
+    config.setdefault("GRACEFUL_SHUTDOWN_TIMEOUT", 5)
+    with app.serve(port=0, **config) as server:
+        yield server
+
+
+def client(url: str, **kwargs: Any) -> ClientConnection:
+    """A `websockets` sync client, the independent peer."""
+    kwargs.setdefault("open_timeout", 5)
+    kwargs.setdefault("close_timeout", 5)
+    return ws_connect(url, **kwargs)
+
+
+def raw_http(port: int, data: bytes, *, timeout: float = 5.0, read_all: bool = True) -> bytes:
+    """Send raw bytes to the server and return everything it answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not read_all:
+                break
+        return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    """The status code of a raw HTTP response."""
+    return int(response.split(b" ", 2)[1])
+
+
+def upgrade_request(
+    path: str = "/", *, host: str = "127.0.0.1", extra: str = "", version: str = "13"
+) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: {version}\r\n{extra}\r\n"
+    ).encode()
+
+
+class LogWaiter(logging.Handler):
+    """Collects ``embedws`` records and lets a test wait for one (logging is async)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, *, level: int = logging.DEBUG, timeout: float = 5.0) -> logging.LogRecord:
+        def found() -> logging.LogRecord | None:
+            for record in self.records:
+                message = record.getMessage() + (record.exc_text or "")
+                if record.levelno >= level and text in message:
+                    return record
+            return None
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: found() is not None, timeout):
+                seen = [r.getMessage() for r in self.records]
+                raise AssertionError(f"no log record containing {text!r}; saw {seen}")
+            record = found()
+            assert record is not None
+            return record
+
+    def messages(self) -> list[str]:
+        with self._changed:
+            return [r.getMessage() for r in self.records]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogWaiter]:
+    """Records of the ``embedws`` loggers (delivered by the logging thread)."""
+    waiter = LogWaiter()
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.DEBUG)
+    root.addHandler(waiter)
+    try:
+        yield waiter
+    finally:
+        root.removeHandler(waiter)
+        root.setLevel(previous)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Every test leaves no embedws thread behind."""
+    yield
+    leftover = [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("embedws") and t.is_alive() and t.name != "embedws-log"
+    ]
+    for thread in leftover:
+        thread.join(5)
+    alive = [t.name for t in leftover if t.is_alive()]
+    assert not alive, f"threads left running: {alive}"
