@@ -20,7 +20,7 @@ from .aio.connection import Connection
 from .aio.runner import AsyncRunner, HandlerRunner
 from .config import Config
 from .errors import RouteError
-from .routing import Route, Router, RouteKind, hosts_tuple, make_uri
+from .routing import Route, RouteKind, Router, hosts_tuple, make_uri
 from .sync.runner import GreenletRunner, ThreadRunner
 from .sync.server import Server, run_until_stopped, start
 from .tls import SSLArg
@@ -41,7 +41,9 @@ HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 class _RouteTable:
     """Route registration shared by :class:`App` and :class:`Blueprint`."""
 
-    def _register(self, kind: RouteKind, handler: Callable[..., Any], uri: str, **options: Any) -> Any:
+    def _register(
+        self, kind: RouteKind, handler: Callable[..., Any], uri: str, **options: Any
+    ) -> Any:
         raise NotImplementedError
 
     def websocket(
@@ -131,7 +133,11 @@ class _RouteTable:
         return decorator
 
     def add_route(
-        self, handler: Callable[..., Any], uri: str, methods: Sequence[str] = ("GET",), **options: Any
+        self,
+        handler: Callable[..., Any],
+        uri: str,
+        methods: Sequence[str] = ("GET",),
+        **options: Any,
     ) -> Any:
         """Register an HTTP handler; the options are those of :meth:`route`."""
         return self._register("http", handler, uri, methods=methods, **options)
@@ -180,12 +186,14 @@ class Blueprint(_RouteTable):
         self.strict_slashes = strict_slashes
         self._deferred: list[tuple[RouteKind, Callable[..., Any], str, dict[str, Any]]] = []
 
-    def _register(self, kind: RouteKind, handler: Callable[..., Any], uri: str, **options: Any) -> None:
+    def _register(
+        self, kind: RouteKind, handler: Callable[..., Any], uri: str, **options: Any
+    ) -> None:
         self._deferred.append((kind, handler, uri, options))
 
     def register(self, app: App) -> None:
-        for kind, handler, uri, options in self._deferred:
-            options = dict(options)
+        for kind, handler, uri, registered in self._deferred:
+            options = dict(registered)
             if options.get("host") is None:
                 options["host"] = self.host
             if options.get("version") is None:
@@ -193,7 +201,7 @@ class Blueprint(_RouteTable):
             if options.get("strict_slashes") is None:
                 options["strict_slashes"] = self.strict_slashes
             options["name"] = f"{self.name}.{options.get('name') or handler.__name__}"
-            app._register(kind, handler, uri, prefix=self.url_prefix, **options)
+            app._add_route(kind, handler, uri, prefix=self.url_prefix, **options)
 
 
 class App(_RouteTable):
@@ -228,6 +236,11 @@ class App(_RouteTable):
     # Routes -------------------------------------------------------------------
 
     def _register(
+        self, kind: RouteKind, handler: Callable[..., Any], uri: str, **options: Any
+    ) -> Any:
+        return self._add_route(kind, handler, uri, **options)
+
+    def _add_route(
         self,
         kind: RouteKind,
         handler: Callable[..., Any],
@@ -262,7 +275,7 @@ class App(_RouteTable):
             kind=kind,
             uri=make_uri(uri, prefix=prefix, version=version, version_prefix=version_prefix),
             handler=handler,
-            name=name or getattr(original, "__name__", "handler"),
+            name=name or str(getattr(original, "__name__", "handler")),
             methods=frozenset({"GET"}) if kind == "websocket" else upper,
             hosts=hosts_tuple(host),
             strict_slashes=self.strict_slashes if strict_slashes is None else strict_slashes,

@@ -130,9 +130,7 @@ class WebsocketClosed(EmbedwsError):
         super().__init__(message)
 
     @staticmethod
-    def make(
-        code: int, reason: str, sent_code: int | None, sent_reason: str
-    ) -> WebsocketClosed:
+    def make(code: int, reason: str, sent_code: int | None, sent_reason: str) -> WebsocketClosed:
         """Build the subclass that fits the codes: OK when both are 1000/1001."""
         ok = code in OK_CLOSE_CODES and (sent_code is None or sent_code in OK_CLOSE_CODES)
         cls = ConnectionClosedOK if ok else ConnectionClosedError

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from websockets.typing import Subprotocol
+
 from .config import Config
 from .request import Request
 from .response import HTTPResponse, error_response
@@ -61,15 +63,15 @@ def refuse_upgrade(
 
 def subprotocol_selector(
     preferred: Sequence[str] | None,
-) -> Callable[[Any, Sequence[str]], str | None]:
+) -> Callable[[Any, Sequence[Subprotocol]], Subprotocol | None]:
     """The server's subprotocol choice: its first preference the client offered.
 
     No subprotocol in common, or none offered, accepts the connection without
     one (the stock Sans-I/O rule answers 400 instead).
     """
-    preferences = tuple(preferred or ())
+    preferences = tuple(Subprotocol(p) for p in preferred or ())
 
-    def select(_protocol: Any, offered: Sequence[str]) -> str | None:
+    def select(_protocol: Any, offered: Sequence[Subprotocol]) -> Subprotocol | None:
         for candidate in preferences:
             if candidate in offered:
                 return candidate

@@ -41,9 +41,7 @@ def encode_message(data: Any, encoding: str = "text") -> tuple[bool, bytes | Fra
     if type(data) is str and encoding == "text":  # the hot path
         return True, data.encode()
     if encoding not in _ENCODINGS:
-        raise ValueError(
-            f"encoding must be 'text', 'bytes' or 'json', not {encoding!r}"
-        )
+        raise ValueError(f"encoding must be 'text', 'bytes' or 'json', not {encoding!r}")
     if encoding == "json":
         return True, _dumps(data)
     if isinstance(data, str):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from http.cookies import SimpleCookie
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -35,15 +35,16 @@ class Headers:
     """
 
     __slots__ = ("_items",)
+    __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __init__(
-        self, items: Iterable[tuple[str, str]] | dict[str, str] | Headers | None = None
+        self, items: Iterable[tuple[str, str]] | Mapping[str, str] | Headers | None = None
     ) -> None:
         if items is None:
             self._items: list[tuple[str, str]] = []
         elif isinstance(items, Headers):
             self._items = list(items._items)
-        elif isinstance(items, dict):
+        elif isinstance(items, Mapping):
             self._items = list(items.items())
         else:
             self._items = list(items)

@@ -6,18 +6,20 @@ response in any thread; it is sent by the event loop.
 
 from __future__ import annotations
 
+import html as htmllib
 import json as jsonlib
 import mimetypes
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
+from .errors import NotFound
 from .request import Headers
 
 __all__ = ["HTTPResponse", "empty", "file", "html", "json", "raw", "redirect", "text"]
 
-HeadersLike = Mapping[str, str] | Headers | None
+HeadersLike = Mapping[str, str] | Headers | Iterable[tuple[str, str]] | None
 
 
 class HTTPResponse:
@@ -38,7 +40,7 @@ class HTTPResponse:
     ) -> None:
         self.body = body.encode() if isinstance(body, str) else bytes(body)
         self.status = int(status)
-        self.headers = Headers(headers.items() if isinstance(headers, Mapping) else headers)
+        self.headers = Headers(headers)
         if content_type is not None and "content-type" not in self.headers:
             self.headers["Content-Type"] = content_type
 
@@ -117,8 +119,6 @@ def file(
     Raises:
         NotFound: there is no such file.
     """
-    from .errors import NotFound
-
     try:
         with open(path, "rb") as handle:
             content = handle.read()
@@ -152,8 +152,6 @@ def error_response(
         body = _compact_dumps({"description": title, "status": status, "message": message})
         response = HTTPResponse(body, status, headers, "application/json")
     elif error_format == "html":
-        import html as htmllib
-
         page = (
             "<!DOCTYPE html><html><head><meta charset=utf-8>"
             f"<title>{status} {htmllib.escape(title)}</title></head><body>"

@@ -75,9 +75,9 @@ class Route:
 
     def __post_init__(self) -> None:
         original = inspect.unwrap(self.handler)
-        self.is_async = inspect.iscoroutinefunction(
-            self.handler
-        ) or inspect.iscoroutinefunction(original)
+        self.is_async = inspect.iscoroutinefunction(self.handler) or inspect.iscoroutinefunction(
+            original
+        )
         self._compile()
 
     def _compile(self) -> None:
@@ -171,9 +171,7 @@ class Router:
         if not route.uri.startswith("/"):
             raise RouteError(f"route {route.uri!r} must start with '/'")
         if route.name in self._names:
-            raise RouteError(
-                f"a route named {route.name!r} exists already; give this one name=..."
-            )
+            raise RouteError(f"a route named {route.name!r} exists already; give this one name=...")
         for other in self.routes:
             if (
                 other.kind == route.kind
@@ -219,10 +217,10 @@ class Router:
         for route, params in self._candidates(path):
             if route.kind != kind or not route.matches_host(host):
                 continue
-            if kind == "http" and method not in route.methods:
-                if not (method == "HEAD" and "GET" in route.methods):
-                    wrong_method |= route.methods
-                    continue
+            head_of_get = method == "HEAD" and "GET" in route.methods
+            if kind == "http" and method not in route.methods and not head_of_get:
+                wrong_method |= route.methods
+                continue
             return route, params
         if wrong_method:
             raise MethodNotAllowed(
@@ -233,8 +231,7 @@ class Router:
 
     def has_kind(self, path: str, host: str, kind: RouteKind) -> bool:
         return any(
-            route.kind == kind and route.matches_host(host)
-            for route, _ in self._candidates(path)
+            route.kind == kind and route.matches_host(host) for route, _ in self._candidates(path)
         )
 
     def named_hosts(self) -> frozenset[str]:

@@ -134,8 +134,8 @@ def host_allowed(
         return True
     if allowed is None:
         return False
-    for entry in allowed:
-        entry = normalize_host(entry)
+    for value in allowed:
+        entry = normalize_host(value)
         if entry.startswith(".") and (host == entry[1:] or host.endswith(entry)):
             return True
         if host == entry:

@@ -179,7 +179,9 @@ class Connection(asyncio.Protocol):
 
     # Wiring -----------------------------------------------------------------
 
-    def attach(self, transport: asyncio.Transport, head: bytes = b"", trailing: bytes = b"") -> None:
+    def attach(
+        self, transport: asyncio.Transport, head: bytes = b"", trailing: bytes = b""
+    ) -> None:
         """Take over ``transport``: write ``head`` (the 101), then feed ``trailing``."""
         self.transport = transport
         self.remote_address = transport.get_extra_info("peername")
@@ -226,33 +228,33 @@ class Connection(asyncio.Protocol):
         if self._failed or type(event) is not Frame:
             return
         opcode = event.opcode
+        data: Any = event.data  # bytes or bytearray: never a memoryview when receiving
         if opcode is TEXT:
             if event.fin:
                 try:
-                    self._deliver(event.data.decode())
+                    self._deliver(data.decode())
                 except UnicodeDecodeError as exc:
                     self._invalid_utf8(exc)
             else:
                 self._decoder = _utf8_decoder()
                 self._fragments = io.StringIO()
-                self._append_text(event.data, False)
+                self._append_text(data, False)
         elif opcode is BINARY:
             if event.fin:
-                data = event.data
                 self._deliver(data if type(data) is bytes else bytes(data))
             else:
-                self._fragments = bytearray(event.data)
+                self._fragments = bytearray(data)
         elif opcode is CONT:
             buffer = self._fragments
             if type(buffer) is bytearray:
-                buffer += event.data
+                buffer += data
                 if event.fin:
                     self._fragments = None
                     self._deliver(bytes(buffer))
             else:
-                self._append_text(event.data, event.fin)
+                self._append_text(data, event.fin)
         elif opcode is PONG:
-            self._acknowledge(bytes(event.data))
+            self._acknowledge(bytes(data))
         elif opcode is CLOSE:
             # A close frame may interrupt a fragmented message (RFC 6455 §5.4):
             # the partial message is dropped and the close answered normally.
@@ -327,7 +329,7 @@ class Connection(asyncio.Protocol):
         protocol = self.protocol
         if protocol.state is not OPEN or self._failed:
             raise self.close_exc()
-        if type(payload) is Fragments:
+        if isinstance(payload, Fragments):
             if not payload:
                 return
             first = protocol.send_text if is_text else protocol.send_binary

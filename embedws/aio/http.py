@@ -131,19 +131,18 @@ class HTTPConnection(asyncio.Protocol):
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
-            kind = type(event)
-            if kind is h11.Request:
+            if isinstance(event, h11.Request):
                 if not self._start_request(event):
                     return
-            elif kind is h11.Data:
+            elif isinstance(event, h11.Data):
                 self._body += event.data
                 if len(self._body) > self.server.config.REQUEST_MAX_SIZE:
                     self._refuse(413, "request body too large")
                     return
-            elif kind is h11.EndOfMessage:
+            elif isinstance(event, h11.EndOfMessage):
                 self._dispatch()
                 return
-            elif kind is h11.ConnectionClosed:
+            elif isinstance(event, h11.ConnectionClosed):
                 self._close()
                 return
 
@@ -209,12 +208,16 @@ class HTTPConnection(asyncio.Protocol):
             loopback_only=server.loopback_only,
             named_hosts=server.named_hosts,
         ):
-            return None, error_response(
-                403,
-                f"host {request.host!r} is not served here. To allow it, add it to the "
-                "ALLOWED_HOSTS configuration key.",
-                server.error_format,
-            ), True
+            return (
+                None,
+                error_response(
+                    403,
+                    f"host {request.host!r} is not served here. To allow it, add it to the "
+                    "ALLOWED_HOSTS configuration key.",
+                    server.error_format,
+                ),
+                True,
+            )
         if is_upgrade(request):
             return await self._upgrade(request)
         try:
@@ -222,7 +225,8 @@ class HTTPConnection(asyncio.Protocol):
         except NotFound:
             if server.router.has_kind(request.path, request.host, "websocket"):
                 response = error_response(
-                    426, "this URL is a websocket endpoint: connect with a websocket client",
+                    426,
+                    "this URL is a websocket endpoint: connect with a websocket client",
                     server.error_format,
                 )
                 response.headers["Upgrade"] = "websocket"
@@ -304,7 +308,9 @@ class HTTPConnection(asyncio.Protocol):
         if close:
             headers.append((b"connection", b"close"))
         try:
-            data = conn.send(h11.Response(status_code=status, headers=headers, reason=response.reason.encode()))
+            data = conn.send(
+                h11.Response(status_code=status, headers=headers, reason=response.reason.encode())
+            )
             if response.body and request.method != "HEAD":
                 data += conn.send(h11.Data(data=response.body)) or b""
             data += conn.send(h11.EndOfMessage()) or b""
@@ -332,14 +338,20 @@ class HTTPConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         response = error_response(status, message, self.server.error_format)
-        headers = response.headers.encode() + [
+        headers = [
+            *response.headers.encode(),
             (b"content-length", str(len(response.body)).encode()),
             (b"connection", b"close"),
         ]
         try:
-            data = self._h11.send(
-                h11.Response(status_code=status, headers=headers, reason=response.reason.encode())
-            ) or b""
+            data = (
+                self._h11.send(
+                    h11.Response(
+                        status_code=status, headers=headers, reason=response.reason.encode()
+                    )
+                )
+                or b""
+            )
             data += self._h11.send(h11.Data(data=response.body)) or b""
             data += self._h11.send(h11.EndOfMessage()) or b""
             transport.write(data)

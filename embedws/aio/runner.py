@@ -32,7 +32,11 @@ class HandlerRunner(Protocol):
         """Whether one more websocket handler may start now."""
 
     def start(
-        self, conn: Connection, request: Request, handler: Callable[..., Any], params: dict[str, Any]
+        self,
+        conn: Connection,
+        request: Request,
+        handler: Callable[..., Any],
+        params: dict[str, Any],
     ) -> None:
         """Run a websocket handler for ``conn``; close the connection when it ends."""
 
@@ -63,7 +67,11 @@ class AsyncRunner:
         return True
 
     def start(
-        self, conn: Connection, request: Request, handler: Callable[..., Any], params: dict[str, Any]
+        self,
+        conn: Connection,
+        request: Request,
+        handler: Callable[..., Any],
+        params: dict[str, Any],
     ) -> None:
         task = self._loop.create_task(self._run(conn, request, handler, params))
         self._tasks[task] = getattr(handler, "__qualname__", repr(handler))

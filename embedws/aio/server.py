@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.protocol import OPEN
+from websockets.typing import Subprotocol
 
 from ..config import Config
 from ..handshake import subprotocol_selector
@@ -105,7 +106,9 @@ class Server:
             if config.WEBSOCKET_COMPRESSION == "deflate"
             else None
         )
-        self._selectors: dict[Route, Callable[[Any, Sequence[str]], str | None]] = {}
+        self._selectors: dict[
+            Route, Callable[[Any, Sequence[Subprotocol]], Subprotocol | None]
+        ] = {}
         self._emptied: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] = loop.create_future()
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -151,7 +154,7 @@ class Server:
     @property
     def sockets(self) -> list[socket.socket]:
         """The listening sockets."""
-        return [s for server in self._servers for s in server.sockets]  # type: ignore[misc]
+        return [s for server in self._servers for s in server.sockets]
 
     @property
     def port(self) -> int:
@@ -209,7 +212,7 @@ class Server:
         if selector is None:
             selector = self._selectors[route] = subprotocol_selector(route.subprotocols)
         return ServerProtocol(
-            subprotocols=list(route.subprotocols) if route.subprotocols else None,
+            subprotocols=[Subprotocol(p) for p in route.subprotocols or ()] or None,
             select_subprotocol=selector,
             extensions=self._extensions,
             max_size=self.config.WEBSOCKET_MAX_SIZE,
@@ -252,9 +255,9 @@ class Server:
             self._maybe_emptied()
 
     def _maybe_emptied(self) -> None:
-        if self._emptied is not None and not self._emptied.done():
-            if not self._websockets and not self._http:
-                self._emptied.set_result(None)
+        emptied = self._emptied
+        if emptied is not None and not emptied.done() and not self._websockets and not self._http:
+            emptied.set_result(None)
 
     async def run_request_middleware(self, request: Request) -> HTTPResponse | None:
         for middleware in self.app.request_middleware:
@@ -413,4 +416,3 @@ class serve:  # noqa: N801 - used like a function, as websockets.serve is
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
-

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from .greenlets import sleep
 from .loop import PingWaiter
-from .runner import sleep
 from .server import Server
 from .websocket import Websocket
 

@@ -44,12 +44,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import greenlet
 
 from ..aio.connection import Connection
 from ..errors import WebsocketClosed
+from .greenlets import park_until
 
 __all__ = ["Inbox", "LoopThread", "PingWaiter", "SendGate", "run_on_loop"]
 
@@ -273,7 +274,7 @@ class Inbox:
                 message = self._queue.get(timeout=timeout)
         except queue.Empty:
             raise TimeoutError("no message received in time") from None
-        return self._taken(message)
+        return self.taken(message)
 
     def get_nowait(self) -> Any:
         """A message, the closed sentinel, or ``None`` when empty (greenlet version)."""
@@ -282,7 +283,8 @@ class Inbox:
         except queue.Empty:
             return None
 
-    def _taken(self, message: Any) -> str | bytes:
+    def taken(self, message: Any) -> str | bytes:
+        """Account for a message taken off the queue: resume reading, or raise if closed."""
         if message is _CLOSED:
             self._queue.put(_CLOSED)  # later calls see it too
             raise self._conn.close_exc()
@@ -290,20 +292,14 @@ class Inbox:
         if conn._reading_paused:
             queued = self._queue.qsize()
             if queued <= conn.settings.max_queue // 4:
-                try:
-                    conn.loop.call_soon_threadsafe(conn.resume_reading_if_drained, queued)
-                except RuntimeError:  # loop closed: nothing left to resume
-                    pass
-        return message
-
-    def taken(self, message: Any) -> str | bytes:
-        """Account for a message taken with :meth:`get_nowait` (greenlet version)."""
-        if message is _CLOSED:
-            self._queue.put(_CLOSED)
-            raise self._conn.close_exc()
-        if self._conn._reading_paused:
-            self._conn.resume_reading_if_drained(self._queue.qsize())
-        return message
+                if _on_loop(conn.loop):
+                    conn.resume_reading_if_drained(queued)
+                else:
+                    try:
+                        conn.loop.call_soon_threadsafe(conn.resume_reading_if_drained, queued)
+                    except RuntimeError:  # loop closed: nothing left to resume
+                        pass
+        return cast("str | bytes", message)
 
 
 class SendGate:
@@ -422,8 +418,6 @@ class PingWaiter:
         """
         if not self._event.is_set():
             if greenlet.getcurrent().parent is not None and _on_loop(self._loop):
-                from .runner import park_until  # greenlet mode only
-
                 park_until(self._loop, self._event.is_set, self.watch, timeout)
             elif not self._event.wait(timeout):
                 return False

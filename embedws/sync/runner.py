@@ -28,23 +28,14 @@ from ..aio.connection import Connection
 from ..aio.runner import log_handler_crash
 from ..errors import ServiceUnavailable, WebsocketClosed
 from ..request import Request
-from .loop import Inbox
+from .greenlets import blocking_watch, check_blocked
 from .websocket import Websocket
 
-__all__ = [
-    "GreenletRunner",
-    "HandlerPool",
-    "ThreadRunner",
-    "park_for_message",
-    "park_until_closed",
-    "sleep",
-    "wait_writable",
-]
+__all__ = ["GreenletRunner", "HandlerPool", "ThreadRunner", "in_handler_thread"]
 
 logger = logging.getLogger("embedws.server")
 
 _IDLE_SECONDS = 60.0  # an idle pool thread exits after this long
-_TIMED_OUT = object()
 
 _worker = threading.local()  # .pool is set on pool threads
 
@@ -168,7 +159,11 @@ class ThreadRunner:
         return self._pool.has_capacity()
 
     def start(
-        self, conn: Connection, request: Request, handler: Callable[..., Any], params: dict[str, Any]
+        self,
+        conn: Connection,
+        request: Request,
+        handler: Callable[..., Any],
+        params: dict[str, Any],
     ) -> None:
         ws = Websocket(conn, self._loop_ident)
         done = self._loop.create_future()
@@ -263,9 +258,7 @@ def _finish(conn: Connection, code: int, reason: str, done: asyncio.Future[None]
 class GreenletRunner:
     """Runs ``def`` handlers in greenlets on the loop thread (greenlet mode)."""
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, block_warning: float | None = None
-    ) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, block_warning: float | None = None) -> None:
         self._loop = loop
         self._loop_ident = threading.get_ident()
         self._running: dict[asyncio.Future[None], greenlet.greenlet] = {}
@@ -275,7 +268,11 @@ class GreenletRunner:
         return True
 
     def start(
-        self, conn: Connection, request: Request, handler: Callable[..., Any], params: dict[str, Any]
+        self,
+        conn: Connection,
+        request: Request,
+        handler: Callable[..., Any],
+        params: dict[str, Any],
     ) -> None:
         ws = Websocket(conn, self._loop_ident)
         done = self._loop.create_future()
@@ -293,13 +290,13 @@ class GreenletRunner:
         assert threshold is not None
 
         def run() -> None:
-            _blocking_watch.threshold = threshold
-            _blocking_watch.name = job.__qualname__
-            _blocking_watch.resumed = time.perf_counter()
+            blocking_watch.threshold = threshold
+            blocking_watch.name = job.__qualname__
+            blocking_watch.resumed = time.perf_counter()
             try:
                 job()
             finally:
-                _check_blocked()
+                check_blocked()
 
         return run
 
@@ -329,133 +326,3 @@ class GreenletRunner:
 
     def join(self, timeout: float) -> None:
         return None
-
-
-class _BlockingWatch(threading.local):
-    threshold: float | None = None
-    name = ""
-    resumed = 0.0
-
-
-_blocking_watch = _BlockingWatch()
-
-
-def _check_blocked() -> None:
-    """Warn if the current greenlet handler ran without switching for too long."""
-    watch = _blocking_watch
-    if watch.threshold is None:
-        return
-    ran = time.perf_counter() - watch.resumed
-    if ran > watch.threshold:
-        logger.warning(
-            "greenlet handler %s blocked the event loop for %.0f ms; greenlet handlers "
-            "must not block (use embedws.sync.sleep, or thread mode)",
-            watch.name,
-            ran * 1000,
-        )
-
-
-def _switch_to_loop(current: greenlet.greenlet) -> Any:
-    parent = current.parent
-    assert parent is not None
-    _check_blocked()
-    value = parent.switch()
-    _blocking_watch.resumed = time.perf_counter()
-    return value
-
-
-def park_for_message(conn: Connection, inbox: Inbox, timeout: float | None) -> str | bytes:
-    """``recv`` in a greenlet handler: switch to the loop until a message comes."""
-    message = inbox.get_nowait()
-    if message is not None:
-        return inbox.taken(message)
-    if timeout is not None and timeout <= 0:
-        raise TimeoutError("no message received")
-    current = greenlet.getcurrent()
-    timer = None
-    if timeout is not None:
-        timer = conn.loop.call_later(timeout, _wake, current, _TIMED_OUT)
-    try:
-        while True:
-            inbox.parked = current
-            woken = _switch_to_loop(current)
-            message = inbox.get_nowait()
-            if message is not None:
-                return inbox.taken(message)
-            if woken is _TIMED_OUT:
-                raise TimeoutError("no message received in time")
-    finally:
-        if inbox.parked is current:
-            inbox.parked = None
-        if timer is not None:
-            timer.cancel()
-
-
-def _wake(glet: greenlet.greenlet, value: Any) -> None:
-    if not glet.dead:
-        glet.switch(value)
-
-
-def _watch(inbox: Inbox, current: greenlet.greenlet) -> None:
-    if inbox.watchers is None:
-        inbox.watchers = []
-    inbox.watchers.append(current)
-
-
-def wait_writable(conn: Connection, current: greenlet.greenlet) -> None:
-    """``send`` in a greenlet handler to a slow peer: wait until it reads again."""
-    inbox = conn._consumer
-    assert isinstance(inbox, Inbox)
-    while conn.writing_paused and not conn.lost:
-        _watch(inbox, current)
-        _switch_to_loop(current)
-    if conn.lost:
-        raise conn.close_exc()
-
-
-def park_until(
-    loop: asyncio.AbstractEventLoop,
-    is_set: Callable[[], bool],
-    watch: Callable[[greenlet.greenlet], None],
-    timeout: float | None,
-) -> bool:
-    """In a greenlet handler: switch to the loop until ``is_set()`` or ``timeout``.
-
-    ``watch(glet)`` registers the greenlet to be switched into when the
-    condition may have changed.
-    """
-    current = greenlet.getcurrent()
-    timer = None
-    if timeout is not None:
-        timer = loop.call_later(timeout, _wake, current, _TIMED_OUT)
-    try:
-        while not is_set():
-            watch(current)
-            if _switch_to_loop(current) is _TIMED_OUT:
-                return is_set()
-        return True
-    finally:
-        if timer is not None:
-            timer.cancel()
-
-
-def park_until_closed(conn: Connection, inbox: Inbox, timeout: float | None) -> bool:
-    """``wait_closed`` in a greenlet handler."""
-    return park_until(
-        conn.loop, inbox.closed_event.is_set, lambda g: _watch(inbox, g), timeout
-    )
-
-
-def sleep(seconds: float) -> None:
-    """Sleep; in a greenlet handler, switch to the loop meanwhile instead of blocking it."""
-    current = greenlet.getcurrent()
-    if current.parent is None:
-        time.sleep(seconds)
-        return
-    loop = asyncio.get_running_loop()
-    timer = loop.call_later(seconds, _wake, current, _TIMED_OUT)
-    try:
-        while _switch_to_loop(current) is not _TIMED_OUT:
-            pass
-    finally:
-        timer.cancel()

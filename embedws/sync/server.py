@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..aio.server import ServedApp
 from ..aio.server import Server as AsyncServer
@@ -21,9 +21,6 @@ from ..aio.server import serve as aio_serve
 from ..tls import SSLArg
 from .loop import LoopThread
 from .runner import in_handler_thread
-
-if TYPE_CHECKING:
-    from .client import ClientWebsocket
 
 __all__ = ["Server", "run_until_stopped", "start"]
 
@@ -110,12 +107,6 @@ class Server:
     def serve_forever(self) -> None:
         """Block until the server stops (``stop()`` from another thread, or a signal)."""
         self._closed.wait()
-
-    def connect(self, path: str = "/", **options: Any) -> ClientWebsocket:
-        """A sync websocket client connected to ``path`` on this server (for tests)."""
-        from .client import connect
-
-        return connect(self.url + path, **options)
 
     def __enter__(self) -> Server:
         return self

@@ -19,6 +19,7 @@ from ..errors import ConcurrencyError, WebsocketClosed
 from ..message import Fragments, encode_message
 from ..request import Request
 from ..state import State
+from .greenlets import park_for_message, park_until_closed, wait_writable
 from .loop import Inbox, PingWaiter, SendGate, check_can_block, write_from_thread
 
 __all__ = ["Websocket"]
@@ -68,7 +69,9 @@ class Websocket:
             self._call_soon(conn.fail, 1011, "write timeout")
             self._raise_closed()
         try:
-            conn.loop.call_soon_threadsafe(write_from_thread, conn, is_text, payload, self._gate, size)
+            conn.loop.call_soon_threadsafe(
+                write_from_thread, conn, is_text, payload, self._gate, size
+            )
         except RuntimeError:  # the loop is gone
             self._raise_closed()
 
@@ -80,8 +83,6 @@ class Websocket:
             self._raise_closed()
         current = greenlet.getcurrent()
         if conn.writing_paused and current.parent is not None:
-            from .runner import wait_writable  # greenlet mode only
-
             wait_writable(conn, current)
 
     # Receiving -----------------------------------------------------------------
@@ -110,8 +111,6 @@ class Websocket:
 
     def _recv_on_loop(self, timeout: float | None) -> str | bytes:
         check_can_block(self._loop_ident, "recv()")
-        from .runner import park_for_message  # greenlet mode only
-
         return park_for_message(self._conn, self._inbox, timeout)
 
     def __iter__(self) -> Iterator[str | bytes]:
@@ -177,8 +176,6 @@ class Websocket:
             return True
         if threading.get_ident() == self._loop_ident:
             check_can_block(self._loop_ident, "wait_closed()")
-            from .runner import park_until_closed  # greenlet mode only
-
             return park_until_closed(self._conn, self._inbox, timeout)
         return event.wait(timeout)
 
@@ -192,9 +189,9 @@ class Websocket:
         # While closing, the close codes are not known yet: wait for them
         # (bounded by the closing-handshake timeout).
         conn = self._conn
-        if not self._inbox.closed_event.is_set():
-            if threading.get_ident() != self._loop_ident or greenlet.getcurrent().parent:
-                self.wait_closed(conn.settings.close_timeout + 1)
+        can_wait = threading.get_ident() != self._loop_ident or greenlet.getcurrent().parent
+        if can_wait and not self._inbox.closed_event.is_set():
+            self.wait_closed(conn.settings.close_timeout + 1)
         raise conn.close_exc()
 
     # Properties ----------------------------------------------------------------
