@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from .aio.connection import Connection
 from .aio.runner import AsyncRunner, HandlerRunner
+from .aio.server import Server as AsyncServer
 from .config import Config
 from .errors import RouteError
 from .routing import Route, RouteKind, Router, hosts_tuple, make_uri
@@ -230,8 +231,10 @@ class App(_RouteTable):
         self._response_middleware: list[Callable[..., Any]] = []
         self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in LISTENER_EVENTS}
         self._ids = itertools.count(1)
-        self._servers: list[Server] = []
-        self._servers_lock = threading.Lock()  # guards _servers
+        # Every running server of this app (started by start/run or aio.serve),
+        # with its sync handle when it has one.
+        self._running: dict[AsyncServer, Server | None] = {}
+        self._running_lock = threading.Lock()  # guards _running
 
     # Routes -------------------------------------------------------------------
 
@@ -364,9 +367,9 @@ class App(_RouteTable):
         ``config`` overrides ``app.config`` for this server only.
         """
         server = start(self, host, port, ssl=ssl, sock=sock, unix=unix, **config)
-        with self._servers_lock:
-            self._servers = [s for s in self._servers if not s.wait(0)]
-            self._servers.append(server)
+        with self._running_lock:
+            if server.async_server in self._running:
+                self._running[server.async_server] = server
         return server
 
     @contextmanager
@@ -395,10 +398,13 @@ class App(_RouteTable):
 
     def stop(self) -> None:
         """Stop every server this app started (from any thread, listeners included)."""
-        with self._servers_lock:
-            servers, self._servers = self._servers, []
-        for server in servers:
-            server.stop()
+        with self._running_lock:
+            running = list(self._running.items())
+        for async_server, handle in running:
+            if handle is not None:
+                handle.stop()
+            else:
+                async_server.close_threadsafe()
 
     # What the core needs (embedws.aio.server.ServedApp) ------------------------
 
@@ -421,6 +427,14 @@ class App(_RouteTable):
             "thread": ThreadRunner(loop, config.SYNC_HANDLER_THREADS),
             "greenlet": GreenletRunner(loop, config.LOOP_BLOCK_WARNING),
         }
+
+    def server_started(self, server: AsyncServer) -> None:
+        with self._running_lock:
+            self._running[server] = None
+
+    def server_stopped(self, server: AsyncServer) -> None:
+        with self._running_lock:
+            self._running.pop(server, None)
 
     def next_connection_id(self) -> int:
         return next(self._ids)

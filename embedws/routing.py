@@ -170,8 +170,13 @@ class Router:
     def add(self, route: Route) -> Route:
         if not route.uri.startswith("/"):
             raise RouteError(f"route {route.uri!r} must start with '/'")
-        if route.name in self._names:
-            raise RouteError(f"a route named {route.name!r} exists already; give this one name=...")
+        named = self._names.get(route.name)
+        if named is not None and inspect.unwrap(named.handler) is not inspect.unwrap(route.handler):
+            # One handler may serve several URLs (url_for gives the first);
+            # two handlers may not share a name.
+            raise RouteError(
+                f"another handler already has a route named {route.name!r}; give this one name=..."
+            )
         for other in self.routes:
             if (
                 other.kind == route.kind
@@ -182,7 +187,7 @@ class Router:
                 methods = ", ".join(sorted(other.methods & route.methods))
                 raise RouteError(f"route {route.uri!r} ({methods}) is defined twice")
         self.routes.append(route)
-        self._names[route.name] = route
+        self._names.setdefault(route.name, route)
         if route.static:
             for path in route.static_paths():
                 self._static.setdefault(path, []).append(route)

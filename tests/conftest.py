@@ -68,7 +68,10 @@ def client(url: str, **kwargs: Any) -> ClientConnection:
     """A `websockets` sync client, the independent peer."""
     kwargs.setdefault("open_timeout", 5)
     kwargs.setdefault("close_timeout", 5)
-    return ws_connect(url, **kwargs)
+    kwargs.setdefault("legacy", True)  # a connection, usable with or without `with`
+    connection = ws_connect(url, **kwargs)
+    assert isinstance(connection, ClientConnection)
+    return connection
 
 
 def raw_http(port: int, data: bytes, *, timeout: float = 5.0, read_all: bool = True) -> bytes:
@@ -117,7 +120,9 @@ class LogWaiter(logging.Handler):
             self.records.append(record)
             self._changed.notify_all()
 
-    def wait_for(self, text: str, *, level: int = logging.DEBUG, timeout: float = 5.0) -> logging.LogRecord:
+    def wait_for(
+        self, text: str, *, level: int = logging.DEBUG, timeout: float = 5.0
+    ) -> logging.LogRecord:
         def found() -> logging.LogRecord | None:
             for record in self.records:
                 message = record.getMessage() + (record.exc_text or "")

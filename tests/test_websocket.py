@@ -132,11 +132,11 @@ async def async_remote(request: Any, ws: Any) -> None:
             if op == "send_fragments":
                 parts = [_decode({"data": p, "b64": cmd.get("b64")}) for p in cmd["parts"]]
 
-                async def agen() -> Any:
-                    for part in parts:
-                        yield part
+                async def agen(items: list[Any]) -> Any:
+                    for item in items:
+                        yield item
 
-                await ws.send(agen() if cmd.get("async_iter") else iter(parts))
+                await ws.send(agen(parts) if cmd.get("async_iter") else iter(parts))
                 continue
             if op == "recv":
                 result = _describe(await ws.recv(timeout=cmd.get("timeout")))

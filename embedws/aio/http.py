@@ -160,6 +160,12 @@ class HTTPConnection(asyncio.Protocol):
         )
         self._body.clear()
         self._set_timer(server.config.REQUEST_TIMEOUT)
+        # h11 bounds only a head that arrives in pieces; one that arrives whole
+        # is measured here.
+        head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if head_size > server.config.REQUEST_MAX_HEADER_SIZE:
+            self._refuse(431, "request header fields too large")
+            return False
         length = self._request.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > server.config.REQUEST_MAX_SIZE:
             self._refuse(413, "request body too large")
@@ -179,15 +185,15 @@ class HTTPConnection(asyncio.Protocol):
     # Answering ------------------------------------------------------------------
 
     async def _respond(self, request: Request) -> None:
-        route: Route | None = None
         close = False
         try:
-            route, response, close = await self._handle(request)
+            response, close = await self._handle(request)
         except HTTPException as exc:
-            response = error_response(exc.status_code, str(exc) or "error", self._format(route))
+            message = str(exc) or "error"
+            response = error_response(exc.status_code, message, self._format(request.route))
         except Exception:
             logger.error("error while handling %s %s", request.method, request.path, exc_info=True)
-            response = error_response(500, "internal server error", self._format(route))
+            response = error_response(500, "internal server error", self._format(request.route))
             close = True
         if response is not None:
             await self._send(request, response, close=close)
@@ -197,8 +203,8 @@ class HTTPConnection(asyncio.Protocol):
             return route.error_format
         return self.server.error_format
 
-    async def _handle(self, request: Request) -> tuple[Route | None, HTTPResponse | None, bool]:
-        """Route and answer one request: (route, response or None if upgraded, close)."""
+    async def _handle(self, request: Request) -> tuple[HTTPResponse | None, bool]:
+        """Route and answer one request: (response, or None if upgraded; close after)."""
         server = self.server
         config = server.config
         host = request.header(b"host")
@@ -208,16 +214,11 @@ class HTTPConnection(asyncio.Protocol):
             loopback_only=server.loopback_only,
             named_hosts=server.named_hosts,
         ):
-            return (
-                None,
-                error_response(
-                    403,
-                    f"host {request.host!r} is not served here. To allow it, add it to the "
-                    "ALLOWED_HOSTS configuration key.",
-                    server.error_format,
-                ),
-                True,
+            message = (
+                f"host {request.host!r} is not served here. To allow it, add it to the "
+                "ALLOWED_HOSTS configuration key."
             )
+            return error_response(403, message, server.error_format), True
         if is_upgrade(request):
             return await self._upgrade(request)
         try:
@@ -231,12 +232,12 @@ class HTTPConnection(asyncio.Protocol):
                 )
                 response.headers["Upgrade"] = "websocket"
                 response.headers["Connection"] = "Upgrade"
-                return None, response, False
+                return response, False
             raise
         request.route, request.match_info = route, params
         early = await server.run_request_middleware(request)
         if early is not None:
-            return route, early, False
+            return early, False
         runner = server.runner_for(route)
         result = await runner.call(route.handler, request, **params)
         if not isinstance(result, HTTPResponse):
@@ -244,9 +245,9 @@ class HTTPConnection(asyncio.Protocol):
                 f"HTTP handler {route.name} returned {type(result).__name__}, "
                 "not an HTTPResponse (use embedws.response.text/html/json/...)"
             )
-        return route, result, False
+        return result, False
 
-    async def _upgrade(self, request: Request) -> tuple[Route | None, HTTPResponse | None, bool]:
+    async def _upgrade(self, request: Request) -> tuple[HTTPResponse | None, bool]:
         server = self.server
         route, params = server.router.find(request.path, request.host, "websocket")
         request.route, request.match_info = route, params
@@ -254,12 +255,12 @@ class HTTPConnection(asyncio.Protocol):
         fmt = self._format(route)
         refusal = refuse_upgrade(request, server.config, tls=server.tls, error_format=fmt)
         if refusal is not None:
-            return route, refusal, True
+            return refusal, True
         if server.over_capacity(route):
-            return route, error_response(503, "the server is at capacity; retry later", fmt), True
+            return error_response(503, "the server is at capacity; retry later", fmt), True
         early = await server.run_request_middleware(request)
         if early is not None:
-            return route, early, True
+            return early, True
         protocol = server.make_protocol(route)
         ws_response = protocol.accept(
             WSRequest(
@@ -273,14 +274,14 @@ class HTTPConnection(asyncio.Protocol):
         )
         if ws_response.status_code != 101:
             body = ws_response.body.decode("utf-8", "replace").strip()
-            return route, error_response(ws_response.status_code, body, fmt), True
+            return error_response(ws_response.status_code, body, fmt), True
         response = HTTPResponse(b"", 101, list(ws_response.headers.raw_items()))
         await server.run_response_middleware(request, response)
         # Middleware awaited: the server may be stopping, or full, by now.
         if server.closing or self.transport is None or self.transport.is_closing():
-            return route, error_response(503, "the server is shutting down", fmt), True
+            return error_response(503, "the server is shutting down", fmt), True
         if server.over_capacity(route):
-            return route, error_response(503, "the server is at capacity; retry later", fmt), True
+            return error_response(503, "the server is at capacity; retry later", fmt), True
         head = WSResponse(101, "Switching Protocols", WSHeaders(response.headers.items()))
         trailing, _closed = self._h11.trailing_data
         self._detached = True
@@ -289,7 +290,7 @@ class HTTPConnection(asyncio.Protocol):
         server.accept_websocket(
             self.transport, protocol, request, route, params, head.serialize(), bytes(trailing)
         )
-        return route, None, False
+        return None, False
 
     async def _send(self, request: Request, response: HTTPResponse, *, close: bool) -> None:
         transport = self.transport

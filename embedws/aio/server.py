@@ -62,6 +62,8 @@ class ServedApp(Protocol):
     def handler_runners(
         self, loop: asyncio.AbstractEventLoop, config: Config
     ) -> Mapping[str, HandlerRunner]: ...
+    def server_started(self, server: Server) -> None: ...
+    def server_stopped(self, server: Server) -> None: ...
     def next_connection_id(self) -> int: ...
     def connection_opened(self, conn: Connection) -> None: ...
     def connection_closed(self, conn: Connection) -> None: ...
@@ -146,6 +148,7 @@ class Server:
             )
         self._servers.append(server)
         self.loopback_only = all(_is_loopback_socket(s) for s in self.sockets)
+        self.app.server_started(self)
         await self._run_listeners("after_server_start", raise_errors=True)
 
     def _make_http_connection(self) -> HTTPConnection:
@@ -296,6 +299,13 @@ class Server:
         if self._shutdown_task is None:
             self._shutdown_task = self.loop.create_task(self._shutdown())
 
+    def close_threadsafe(self) -> None:
+        """:meth:`close` from any thread."""
+        try:
+            self.loop.call_soon_threadsafe(self.close)
+        except RuntimeError:  # the loop is closed: so is the server
+            pass
+
     async def wait_closed(self) -> None:
         """Wait until the shutdown is complete."""
         await asyncio.shield(self._closed)
@@ -341,6 +351,7 @@ class Server:
                 await server.wait_closed()
             await self._run_listeners("after_server_stop")
         finally:
+            self.app.server_stopped(self)
             if not self._closed.done():
                 self._closed.set_result(None)
 

@@ -44,7 +44,27 @@ class Server:
 
     def _watch_closed(self) -> None:
         task = self._server.loop.create_task(self._server.wait_closed())
-        task.add_done_callback(lambda _task: self._closed.set())
+        task.add_done_callback(self._on_closed)
+
+    def _on_closed(self, _task: object) -> None:
+        # However the server stopped (stop(), app.stop(), a listener), release
+        # its threads and the loop thread; not here: this is the loop thread.
+        self._closed.set()
+        if self._claim_finish():
+            threading.Thread(target=self._finish, name="embedws-stop", daemon=True).start()
+
+    def _claim_finish(self) -> bool:
+        """True for the one caller that will run :meth:`_finish`."""
+        with self._finish_lock:
+            if self._finishing:
+                return False
+            self._finishing = True
+            return True
+
+    @property
+    def async_server(self) -> AsyncServer:
+        """The server on the loop (``embedws.aio.Server``)."""
+        return self._server
 
     @property
     def port(self) -> int:
@@ -72,15 +92,16 @@ class Server:
             timeout: at most this many seconds (default: the server's
                 ``GRACEFUL_SHUTDOWN_TIMEOUT`` plus the closing handshake).
         """
-        if self._finished.is_set():
-            return
-        try:
-            self._loop_thread.call_soon(self._server.close)
-        except Exception:  # the loop is gone already
-            pass
         if self._loop_thread.on_loop_thread() or in_handler_thread():
-            threading.Thread(target=self._finish, name="embedws-stop", daemon=True).start()
+            self._server.close_threadsafe()
+            return  # _on_closed finishes once the shutdown is done
+        config = self._server.config
+        if timeout is None:
+            timeout = config.GRACEFUL_SHUTDOWN_TIMEOUT + config.WEBSOCKET_TIMEOUT + 5
+        if not self._claim_finish():
+            self._finished.wait(timeout)
             return
+        self._server.close_threadsafe()
         self._finish(timeout)
 
     def _finish(self, timeout: float | None = None) -> None:
@@ -88,14 +109,11 @@ class Server:
         if timeout is None:
             timeout = config.GRACEFUL_SHUTDOWN_TIMEOUT + config.WEBSOCKET_TIMEOUT + 5
         deadline = time.monotonic() + timeout
-        with self._finish_lock:
-            if self._finishing:
-                self._finished.wait(timeout)
-                return
-            self._finishing = True
         try:
             self._closed.wait(max(deadline - time.monotonic(), 0))
-            self._server.join_handlers(max(deadline - time.monotonic(), 0.1))
+            # The shutdown already waited GRACEFUL_SHUTDOWN_TIMEOUT for the
+            # handlers: threads still running now are stuck, and abandoned.
+            self._server.join_handlers(min(max(deadline - time.monotonic(), 0.1), 1.0))
         finally:
             self._loop_thread.release()
             self._finished.set()

@@ -100,18 +100,17 @@ class Websocket:
             ConcurrencyError: another thread is in ``recv``.
             RuntimeError: called on the event loop thread, where it would deadlock.
         """
+        on_loop = threading.get_ident() == self._loop_ident
+        if on_loop:
+            check_can_block(self._loop_ident, "recv()")
         if not self._recv_lock.acquire(blocking=False):
             raise ConcurrencyError("another thread is already waiting in recv()")
         try:
-            if threading.get_ident() == self._loop_ident:
-                return self._recv_on_loop(timeout)
+            if on_loop:  # a greenlet handler
+                return park_for_message(self._conn, self._inbox, timeout)
             return self._inbox.get(timeout)
         finally:
             self._recv_lock.release()
-
-    def _recv_on_loop(self, timeout: float | None) -> str | bytes:
-        check_can_block(self._loop_ident, "recv()")
-        return park_for_message(self._conn, self._inbox, timeout)
 
     def __iter__(self) -> Iterator[str | bytes]:
         """Yield messages until the connection closes (whatever the close code)."""
