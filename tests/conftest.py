@@ -171,3 +171,95 @@ def no_leaked_threads() -> Iterator[None]:
         thread.join(5)
     alive = [t.name for t in leftover if t.is_alive()]
     assert not alive, f"threads left running: {alive}"
+
+
+class RawClient:
+    """A websocket client over a plain socket that can send any bytes, valid or not.
+
+    Incoming frames are parsed by the `websockets` Sans-I/O client protocol, so
+    what the test reads is what a real client would see.
+    """
+
+    def __init__(self, port: int, path: str = "/", *, extra: str = "") -> None:
+        from websockets.client import ClientProtocol
+        from websockets.protocol import State
+        from websockets.uri import parse_uri
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(upgrade_request(path, extra=extra))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            assert chunk, "connection closed during the handshake"
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.response_head = head
+        self.protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1{path}"), state=State.OPEN, max_size=None)
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_frame(
+        self, opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
+    ) -> None:
+        self.sock.sendall(raw_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask))
+
+    def events(self, *, until_close: bool = True, timeout: float = 5.0) -> list[Any]:
+        """Frames received until a close frame (or EOF), answered like a client would."""
+        import time
+
+        from websockets.frames import Opcode
+
+        deadline = time.monotonic() + timeout
+        frames: list[Any] = []
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                data = b""
+            if not data:
+                self.protocol.receive_eof()
+                break
+            self.protocol.receive_data(data)
+            for out in self.protocol.data_to_send():
+                if out:
+                    try:
+                        self.sock.sendall(out)
+                    except OSError:
+                        pass
+            new = self.protocol.events_received()
+            frames.extend(new)
+            if any(f.opcode is Opcode.CLOSE for f in new) or (frames and not until_close):
+                break
+        return frames
+
+    def close_code(self, timeout: float = 5.0) -> int | None:
+        from websockets.frames import Close, Opcode
+
+        for frame in self.events(timeout=timeout):
+            if frame.opcode is Opcode.CLOSE:
+                return Close.parse(frame.data).code
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def raw_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True) -> bytes:
+    """One frame, as bytes; may be invalid on purpose (tests of protocol abuse only)."""
+    import struct
+
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    length = len(payload)
+    mask_bit = 0x80 if mask else 0
+    if length < 126:
+        head += bytes([mask_bit | length])
+    elif length < 65536:
+        head += bytes([mask_bit | 126]) + struct.pack("!H", length)
+    else:
+        head += bytes([mask_bit | 127]) + struct.pack("!Q", length)
+    # A zero masking key leaves the payload as it is.
+    return head + (b"\x00\x00\x00\x00" if mask else b"") + payload
