@@ -194,7 +194,9 @@ class RawClient:
             head += chunk
         assert head.startswith(b"HTTP/1.1 101"), head
         self.response_head = head
-        self.protocol = ClientProtocol(parse_uri(f"ws://127.0.0.1{path}"), state=State.OPEN, max_size=None)
+        self.protocol = ClientProtocol(
+            parse_uri(f"ws://127.0.0.1{path}"), state=State.OPEN, max_size=None
+        )
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -248,7 +250,9 @@ class RawClient:
         self.sock.close()
 
 
-def raw_frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True) -> bytes:
+def raw_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
+) -> bytes:
     """One frame, as bytes; may be invalid on purpose (tests of protocol abuse only)."""
     import struct
 

@@ -89,7 +89,9 @@ def test_invalid_utf8_fails_at_the_first_bad_fragment(echo_server: Any) -> None:
         (raw_frame(CLOSE, b"\x03"), 1002),  # one-byte close payload
     ],
 )
-def test_protocol_errors_close_with_the_right_code(echo_server: Any, frame: bytes, code: int) -> None:
+def test_protocol_errors_close_with_the_right_code(
+    echo_server: Any, frame: bytes, code: int
+) -> None:
     peer = RawClient(echo_server.port)
     peer.send_raw(frame)
     assert peer.close_code() == code

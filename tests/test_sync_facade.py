@@ -1,0 +1,261 @@
+"""The synchronous facade: thread safety, other threads using a handler's websocket,
+slow peers, logging that cannot block, many clients at shutdown."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+import embedws
+from embedws.errors import WebsocketClosed
+
+from .conftest import MS, RawClient, client, echo_handlers, serving
+
+SYNC_KINDS = ("thread", "greenlet")
+
+
+@pytest.fixture(params=SYNC_KINDS)
+def sync_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_eight_threads_sending_on_one_websocket_never_interleave(sync_kind: str) -> None:
+    app = embedws.App("threads")
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    @app.websocket("/", mode=sync_kind)
+    def handler(request: Any, ws: Any) -> None:
+        holder["ws"] = ws
+        ready.set()
+        ws.wait_closed(30)
+
+    def sender(ws: Any, index: int) -> None:
+        for n in range(100):
+            ws.send(json.dumps({"t": index, "n": n, "pad": "x" * 5000}))
+
+    with serving(app) as server, client(server.url + "/", max_size=None) as c:
+        assert ready.wait(5)
+        threads = [threading.Thread(target=sender, args=(holder["ws"], i)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        received = [json.loads(c.recv(timeout=10)) for _ in range(800)]
+        for thread in threads:
+            thread.join(10)
+    assert all(len(m["pad"]) == 5000 for m in received)
+    for index in range(8):  # each thread's messages arrive whole and in order
+        assert [m["n"] for m in received if m["t"] == index] == list(range(100))
+
+
+def test_a_gui_thread_sends_while_the_handler_waits_in_recv(sync_kind: str) -> None:
+    app = embedws.App("gui")
+    holder: dict[str, Any] = {}
+    ready, timed_out = threading.Event(), threading.Event()
+    timeouts: list[float] = []
+
+    @app.websocket("/", mode=sync_kind)
+    def handler(request: Any, ws: Any) -> None:
+        holder["ws"] = ws
+        ready.set()
+        while True:
+            started = time.monotonic()
+            try:
+                message = ws.recv(timeout=50 * MS)
+            except TimeoutError:
+                timeouts.append(time.monotonic() - started)
+                timed_out.set()
+                continue
+            except WebsocketClosed:
+                return
+            ws.send(f"handler got {message}")
+
+    with serving(app) as server, client(server.url + "/") as c:
+        assert ready.wait(5)
+        assert timed_out.wait(5)  # the handler loops on recv(timeout)
+        gui = threading.Thread(target=lambda: [holder["ws"].send(f"tick {i}") for i in range(5)])
+        gui.start()
+        gui.join(5)
+        assert [c.recv(timeout=5) for _ in range(5)] == [f"tick {i}" for i in range(5)]
+        c.send("hello")
+        assert c.recv(timeout=5) == "handler got hello"
+        waiter = holder["ws"].ping()  # from this (non-handler) thread too
+        assert waiter.wait(5) is True
+    assert all(t >= 50 * MS * 0.9 for t in timeouts)
+
+
+def test_another_thread_closes_a_websocket_whose_handler_waits_in_recv(sync_kind: str) -> None:
+    app = embedws.App("close-from-thread")
+    holder: dict[str, Any] = {}
+    ready, ended = threading.Event(), threading.Event()
+    outcome: list[Any] = []
+
+    @app.websocket("/", mode=sync_kind)
+    def handler(request: Any, ws: Any) -> None:
+        holder["ws"] = ws
+        ready.set()
+        try:
+            ws.recv()
+        except WebsocketClosed as exc:
+            outcome.append((exc.code, exc.sent_code))
+        ended.set()
+
+    with serving(app) as server, client(server.url + "/") as c:
+        assert ready.wait(5)
+        holder["ws"].close(4002, "from the GUI")  # blocks until closed
+        assert holder["ws"].closed
+        with pytest.raises(ConnectionClosed) as caught:
+            c.recv(timeout=5)
+        assert caught.value.rcvd is not None and caught.value.rcvd.code == 4002
+        assert ended.wait(5)
+    assert outcome == [(4002, 4002)]
+
+
+def test_a_slow_reader_blocks_the_sender_at_most_the_write_timeout(sync_kind: str) -> None:
+    app = embedws.App("slow", config={"WEBSOCKET_WRITE_TIMEOUT": 0.5})
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    @app.websocket("/", mode=sync_kind)
+    def flood(request: Any, ws: Any) -> None:
+        started = time.monotonic()
+        try:
+            while True:
+                ws.send(b"x" * 65536)
+        except WebsocketClosed as exc:
+            outcome.append((exc.sent_code, time.monotonic() - started))
+        done.set()
+
+    with serving(app) as server:
+        peer = RawClient(server.port)
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert done.wait(10)  # the peer never reads
+        peer.close()
+    [(sent_code, elapsed)] = outcome
+    assert sent_code == 1011
+    assert elapsed < 5
+
+
+def test_logging_that_blocks_does_not_freeze_the_server(logs: Any) -> None:
+    class StuckHandler(logging.Handler):
+        """Like a StreamHandler on a pipe that nobody reads."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.unblock = threading.Event()
+            self.entered = threading.Event()
+
+        def handle(self, record: logging.LogRecord) -> bool:
+            # Only embedws's records get stuck: the test's own threads log
+            # too (asyncio, the websockets client) and must not block.
+            if record.name.startswith("embedws"):
+                self.entered.set()
+                self.unblock.wait(30)
+            return True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            raise AssertionError("handle() does not emit")
+
+    stuck = StuckHandler()
+    logging.getLogger().addHandler(stuck)
+    app = embedws.App("stuck-logging")
+    echo, _ = echo_handlers()
+    app.add_websocket_route(echo, "/")
+
+    @app.websocket("/crash")
+    async def crash(request: Any, ws: Any) -> None:
+        raise RuntimeError("logged with a traceback, on the event loop thread")
+
+    try:
+        with serving(app) as server:
+            for _ in range(3):
+                with client(server.url + "/crash") as c:
+                    with pytest.raises(ConnectionClosed):
+                        c.recv(timeout=5)
+            assert stuck.entered.wait(5)  # the log output is stuck now
+            with client(server.url + "/") as c:
+                for i in range(20):
+                    c.send(f"m{i}")
+                    assert c.recv(timeout=5) == f"m{i}"
+            stuck.unblock.set()
+    finally:
+        stuck.unblock.set()
+        logging.getLogger().removeHandler(stuck)
+
+
+def test_a_peer_reset_is_logged_at_debug_without_a_traceback(logs: Any) -> None:
+    app = embedws.App("reset-log")
+    app.add_websocket_route(echo_handlers()[0], "/")
+    with serving(app) as server:
+        peer = RawClient(server.port)
+        peer.sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+        )
+        peer.close()
+        logs.wait_for("lost", level=logging.DEBUG)
+    assert not [r for r in logs.records if r.levelno >= logging.WARNING]
+
+
+def test_stop_with_500_clients_is_quick_and_every_client_sees_1001() -> None:
+    app = embedws.App("many", config={"WEBSOCKET_PING_INTERVAL": None})
+    echo, aecho = echo_handlers()
+    app.add_websocket_route(echo, "/sync")
+    app.add_websocket_route(aecho, "/async")
+    app.add_websocket_route(echo, "/greenlet", mode="greenlet")
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed
+
+        async def one(url, opened, codes):
+            async with connect(url, ping_interval=None, open_timeout=20) as ws:
+                await ws.send("hi")
+                await ws.recv()
+                opened.append(1)
+                if len(opened) == int(sys.argv[2]):
+                    print("ready", flush=True)
+                try:
+                    await ws.recv()
+                except ConnectionClosed as exc:
+                    codes.append(exc.rcvd.code if exc.rcvd else 1006)
+
+        async def main():
+            base, count = sys.argv[1], int(sys.argv[2])
+            paths = ["/sync", "/async", "/greenlet"]
+            opened, codes = [], []
+            await asyncio.gather(*(one(base + paths[i % 3], opened, codes) for i in range(count)))
+            print(sorted(set(codes)), len(codes), flush=True)
+
+        asyncio.run(main())
+        """
+    )
+    server = app.start(port=0)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, server.url, "500"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        server.stop()
+        elapsed = time.monotonic() - started
+        out, err = process.communicate(timeout=20)
+    finally:
+        server.stop()
+        process.kill()
+        process.wait()
+    assert out.strip() == "[1001] 500", err
+    assert elapsed < 2, elapsed
