@@ -55,7 +55,7 @@ def test_attribute_and_mapping_access_set_the_same_value() -> None:
 def test_an_unknown_key_is_a_clear_error_with_a_suggestion() -> None:
     config = Config()
     with pytest.raises(
-        ConfigError, match="unknown configuration key 'WEBSOCKET_TIMEOT'.*WEBSOCKET_TIMEOUT"
+        ConfigError, match=r"unknown configuration key 'WEBSOCKET_TIMEOT'.*WEBSOCKET_TIMEOUT"
     ):
         config.WEBSOCKET_TIMEOT = 3
     with pytest.raises(ConfigError, match="unknown configuration key"):
