@@ -206,8 +206,11 @@ class RawClient:
     ) -> None:
         self.sock.sendall(raw_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask))
 
-    def events(self, *, until_close: bool = True, timeout: float = 5.0) -> list[Any]:
-        """Frames received until a close frame (or EOF), answered like a client would."""
+    def events(
+        self, *, until_close: bool = True, timeout: float = 5.0, answer: bool = True
+    ) -> list[Any]:
+        """Frames received until a close frame (or EOF), answered like a client would
+        (pongs, the close reply) unless ``answer`` is false."""
         import time
 
         from websockets.frames import Opcode
@@ -227,7 +230,7 @@ class RawClient:
                 break
             self.protocol.receive_data(data)
             for out in self.protocol.data_to_send():
-                if out:
+                if out and answer:
                     try:
                         self.sock.sendall(out)
                     except OSError:
@@ -238,10 +241,10 @@ class RawClient:
                 break
         return frames
 
-    def close_code(self, timeout: float = 5.0) -> int | None:
+    def close_code(self, timeout: float = 5.0, *, answer: bool = True) -> int | None:
         from websockets.frames import Close, Opcode
 
-        for frame in self.events(timeout=timeout):
+        for frame in self.events(timeout=timeout, answer=answer):
             if frame.opcode is Opcode.CLOSE:
                 return Close.parse(frame.data).code
         return None
