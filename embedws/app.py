@@ -396,6 +396,12 @@ class App(_RouteTable):
         server = self.start(host, port, **options)
         run_until_stopped(server)
 
+    @property
+    def servers(self) -> list[AsyncServer]:
+        """The servers running this app now (each has ``url``, ``port``)."""
+        with self._running_lock:
+            return list(self._running)
+
     def stop(self) -> None:
         """Stop every server this app started (from any thread, listeners included)."""
         with self._running_lock:

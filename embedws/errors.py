@@ -15,10 +15,14 @@ the edge where they occur and kept as ``__cause__``. Timeouts raise the builtin
     ├── ConfigError                     (also ValueError) unknown key, wrong type
     ├── RouteError                      (also ValueError) bad or duplicate route
     ├── ConnectError                    (also OSError) a client could not connect
-    │   ├── InvalidURI                  (also ValueError)
-    │   ├── ProxyError                  the proxy refused or failed
-    │   └── InvalidHandshake            the server did not answer 101
-    │       └── InvalidStatus           (.status, .headers, .body)
+    │   ├── InvalidURI                  (also ValueError) not a ws:// or wss:// URI
+    │   ├── NameResolutionError         the host name does not resolve
+    │   ├── ConnectionRefused           nothing listens at that address
+    │   ├── TLSError                    TLS failed: certificate not trusted, wrong host...
+    │   ├── ProxyError                  the proxy refused the tunnel or failed
+    │   ├── HandshakeTimeout            (also TimeoutError) no answer within open_timeout
+    │   └── InvalidHandshake            the server did not accept the websocket
+    │       └── InvalidStatus           (.status, .headers, .body) a non-101 answer
     └── HTTPException                   (.status_code) turned into an HTTP answer
         ├── BadRequest                  400
         ├── Unauthorized                401
@@ -44,14 +48,17 @@ __all__ = [
     "ConnectError",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "ConnectionRefused",
     "EmbedwsError",
     "Forbidden",
     "HTTPException",
+    "HandshakeTimeout",
     "HeaderFieldsTooLarge",
     "InvalidHandshake",
     "InvalidStatus",
     "InvalidURI",
     "MethodNotAllowed",
+    "NameResolutionError",
     "NotFound",
     "PayloadTooLarge",
     "ProxyError",
@@ -59,6 +66,7 @@ __all__ = [
     "RouteError",
     "ServerError",
     "ServiceUnavailable",
+    "TLSError",
     "Unauthorized",
     "UpgradeRequired",
     "WebsocketClosed",
@@ -163,6 +171,22 @@ class ConnectError(EmbedwsError, OSError):
 
 class InvalidURI(ConnectError, ValueError):
     """The URI given to ``connect`` is not a ``ws://`` or ``wss://`` URI."""
+
+
+class NameResolutionError(ConnectError):
+    """The host name of the URI (or of the proxy) does not resolve."""
+
+
+class ConnectionRefused(ConnectError):
+    """Nothing accepts connections at that address and port."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed, for example on a certificate the client does not trust."""
+
+
+class HandshakeTimeout(ConnectError, TimeoutError):
+    """The connection was not open within ``open_timeout`` seconds."""
 
 
 class ProxyError(ConnectError):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from .client import connect
 from .connection import Connection, Websocket
 from .server import Server, serve
 
-__all__ = ["Connection", "Server", "Websocket", "serve"]
+__all__ = ["Connection", "Server", "Websocket", "connect", "serve"]

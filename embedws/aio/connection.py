@@ -111,6 +111,7 @@ class Connection(asyncio.Protocol):
         "_drain_waiters",
         "_failed",
         "_fragments",
+        "_handshake",
         "_ka_handle",
         "_ka_ping",
         "_lost",
@@ -129,6 +130,7 @@ class Connection(asyncio.Protocol):
         "protocol",
         "remote_address",
         "request",
+        "response",
         "route",
         "rooms_joined",
         "settings",
@@ -151,6 +153,8 @@ class Connection(asyncio.Protocol):
         self.settings = settings
         self.loop = loop
         self.request = request
+        self.response: Any = None  # the 101 of a client connection
+        self._handshake: asyncio.Future[Any] | None = None  # a client's pending handshake
         self.route = route
         self.id = conn_id
         self.facade: Any = self
@@ -203,8 +207,21 @@ class Connection(asyncio.Protocol):
         )
 
     def set_consumer(self, consumer: Consumer) -> None:
-        """Deliver messages to ``consumer`` instead of the async API's queue."""
+        """Deliver messages to ``consumer`` instead of the async API's queue.
+
+        Messages already queued move to it, in order.
+        """
         self._consumer = consumer
+        queued, self._messages = self._messages, None
+        for message in queued or ():
+            consumer.put(message)
+        if self._lost:
+            consumer.close()
+
+    def expect_handshake(self) -> asyncio.Future[Any]:
+        """A client connection: the future of the server's handshake response."""
+        self._handshake = self.loop.create_future()
+        return self._handshake
 
     # Reading ----------------------------------------------------------------
 
@@ -225,7 +242,12 @@ class Connection(asyncio.Protocol):
         return None  # let the transport close: the websocket never writes after EOF
 
     def _process(self, event: Any) -> None:
-        if self._failed or type(event) is not Frame:
+        if type(event) is not Frame:
+            handshake = self._handshake
+            if handshake is not None and not handshake.done():
+                handshake.set_result(event)  # a client's handshake response
+            return
+        if self._failed:
             return
         opcode = event.opcode
         data: Any = event.data  # bytes or bytearray: never a memoryview when receiving
@@ -513,7 +535,7 @@ class Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the TCP connection now, without a closing handshake."""
-        if not self._lost:
+        if not self._lost and self.transport is not None:
             self.transport.abort()
 
     def _arm_close_timer(self) -> None:
@@ -557,6 +579,9 @@ class Connection(asyncio.Protocol):
         self._wake_drain_waiters(closed)
         if self._lost_waiter is not None and not self._lost_waiter.done():
             self._lost_waiter.set_result(None)
+        handshake = self._handshake
+        if handshake is not None and not handshake.done():
+            handshake.set_exception(ConnectionResetError("connection closed during the handshake"))
         if self._on_close is not None:
             self._on_close(self)
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from .client import ClientWebsocket, Connect, connect
 from .greenlets import sleep
 from .loop import PingWaiter
 from .server import Server
 from .websocket import Websocket
 
-__all__ = ["PingWaiter", "Server", "Websocket", "sleep"]
+__all__ = [
+    "ClientWebsocket",
+    "Connect",
+    "PingWaiter",
+    "Server",
+    "Websocket",
+    "connect",
+    "sleep",
+]

@@ -187,6 +187,8 @@ def run_on_loop(
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
+        if future.done():
+            raise  # the coroutine's own TimeoutError (the same class since 3.11)
         future.cancel()
         raise TimeoutError(f"the operation did not finish within {timeout} s") from None
 

@@ -19,6 +19,7 @@ from ..aio.server import ServedApp
 from ..aio.server import Server as AsyncServer
 from ..aio.server import serve as aio_serve
 from ..tls import SSLArg
+from .client import Connect
 from .loop import LoopThread
 from .runner import in_handler_thread
 
@@ -125,6 +126,10 @@ class Server:
     def serve_forever(self) -> None:
         """Block until the server stops (``stop()`` from another thread, or a signal)."""
         self._closed.wait()
+
+    def connect(self, path: str = "/", **options: Any) -> Connect:
+        """A sync client for ``path`` on this server: ``with server.connect("/ws") as ws:``."""
+        return Connect(self.url + path, **options)
 
     def __enter__(self) -> Server:
         return self

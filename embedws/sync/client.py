@@ -1,0 +1,157 @@
+"""The blocking client: ``embedws.sync.connect(uri)``.
+
+The connection runs on the shared loop thread (started on first use, stopped
+when the last client and server are gone); the websocket it gives is the same
+thread-safe :class:`~embedws.sync.Websocket` that sync handlers get.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator, Iterator
+from types import TracebackType
+from typing import Any
+
+from websockets.client import backoff
+
+from ..aio.client import ClientOptions, _parse, _retryable, open_connection
+from ..aio.connection import Connection
+from .greenlets import sleep
+from .loop import LoopThread
+from .websocket import Websocket
+
+__all__ = ["ClientWebsocket", "Connect", "connect"]
+
+
+class ClientWebsocket(Websocket):
+    """A sync client websocket: :class:`~embedws.sync.Websocket` plus ``response``.
+
+    Thread contract: as :class:`~embedws.sync.Websocket`. Use it as a context
+    manager, or call :meth:`close`: the loop thread stops when the last client
+    and server are gone.
+    """
+
+    __slots__ = ("_loop_thread", "_released")
+
+    def __init__(self, conn: Connection, loop_thread: LoopThread) -> None:
+        super().__init__(conn, loop_thread.ident)
+        self._loop_thread = loop_thread
+        self._released = threading.Lock()  # held once the loop thread is released
+
+    @property
+    def response(self) -> Any:
+        """The server's 101 response (``status``, ``headers``)."""
+        return self._conn.response
+
+    def release_loop(self) -> None:
+        """Drop this client's hold on the loop thread (once; when closed)."""
+        if self._released.acquire(blocking=False):
+            self._loop_thread.release()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        try:
+            super().close(code, reason)
+        finally:
+            self.release_loop()
+
+    def __enter__(self) -> ClientWebsocket:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Connect:
+    """What :func:`connect` returns: ``with`` it, iterate it, or :meth:`open` it.
+
+    * ``with connect(uri) as ws:`` — a connected websocket, closed at the end;
+    * ``ws = connect(uri).open()`` — the same without ``with`` (close it yourself);
+    * ``for ws in connect(uri):`` — reconnects with exponential backoff each
+      time the loop comes back (transient errors retried, others raised).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        reconnect_delays: Callable[[], Generator[float]] = backoff,
+        **options: Any,
+    ) -> None:
+        _parse(uri)
+        self.uri = uri
+        self.options = ClientOptions(**options)
+        self._reconnect_delays = reconnect_delays
+        self._ws: ClientWebsocket | None = None
+
+    def open(self) -> ClientWebsocket:
+        """Connect and return the websocket.
+
+        Raises:
+            ConnectError: one of its subclasses says what failed.
+            RuntimeError: called on the loop thread (it would deadlock).
+        """
+        running = LoopThread.running()
+        if running is not None:
+            running.check_can_block("connect()")
+        loop_thread = LoopThread.acquire()
+        try:
+            return loop_thread.run(self._open_on_loop(loop_thread))
+        except BaseException:
+            loop_thread.release()
+            raise
+
+    async def _open_on_loop(self, loop_thread: LoopThread) -> ClientWebsocket:
+        conn = await open_connection(self.uri, self.options)
+        # Wrapped on the loop thread, so no message can slip past the inbox.
+        ws = ClientWebsocket(conn, loop_thread)
+        # Once the connection is gone, so is this client's hold on the loop
+        # thread (release() on the loop thread schedules the stop, no join).
+        conn._on_close = lambda _conn: ws.release_loop()
+        return ws
+
+    def __enter__(self) -> ClientWebsocket:
+        self._ws = self.open()
+        return self._ws
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._ws is not None:
+            self._ws.close()
+
+    def __iter__(self) -> Iterator[ClientWebsocket]:
+        delays: Generator[float] | None = None
+        while True:
+            try:
+                ws = self.open()
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise
+                if delays is None:
+                    delays = self._reconnect_delays()
+                sleep(next(delays))
+                continue
+            delays = None
+            try:
+                yield ws
+            finally:
+                ws.close()
+
+
+def connect(uri: str, **options: Any) -> Connect:
+    """Open a blocking websocket client (see :class:`Connect` for the three uses).
+
+    Takes the options of :func:`embedws.aio.connect`: ``subprotocols``,
+    ``headers``, ``origin``, ``open_timeout``, ``ssl``, ``compression``,
+    ``max_size``, ``ping_interval``, ``ping_timeout``, ``proxy``,
+    ``reconnect_delays``.
+    """
+    return Connect(uri, **options)
