@@ -421,12 +421,14 @@ def test_connection_refused() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(ConnectionRefused, match=f"127.0.0.1:{port}"):
+    with pytest.raises(ConnectionRefused, match=re.escape(f"127.0.0.1:{port}")):
         embedws.sync.connect(f"ws://127.0.0.1:{port}/").open()
 
 
 def test_dns_failure() -> None:
-    with pytest.raises(NameResolutionError, match="cannot resolve 'no-such-host.invalid'"):
+    with pytest.raises(
+        NameResolutionError, match=re.escape("cannot resolve 'no-such-host.invalid'")
+    ):
         embedws.sync.connect("ws://no-such-host.invalid/", proxy=None).open()
 
 
