@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 from .aio.connection import Connection
+from .aio.registry import Connections, Registry, Room
 from .aio.runner import AsyncRunner, HandlerRunner
 from .aio.server import Server as AsyncServer
 from .config import Config
@@ -231,6 +232,9 @@ class App(_RouteTable):
         self._response_middleware: list[Callable[..., Any]] = []
         self._listeners: dict[str, list[Callable[..., Any]]] = {e: [] for e in LISTENER_EVENTS}
         self._ids = itertools.count(1)
+        self._registry = Registry()
+        self.connections = Connections(self._registry)
+        """Live view of the open websockets (``len``, iteration, ``get(id)``, ``by_route``)."""
         # Every running server of this app (started by start/run or aio.serve),
         # with its sync handle when it has one.
         self._running: dict[AsyncServer, Server | None] = {}
@@ -350,6 +354,38 @@ class App(_RouteTable):
         """Called with ``(app)`` when the shutdown is complete."""
         return self.listener("after_server_stop")(fn)
 
+    # Broadcast and rooms ---------------------------------------------------------
+
+    def room(self, name: str) -> Room:
+        """The room called ``name`` (it exists while it has members)."""
+        return Room(self._registry, name)
+
+    @property
+    def rooms(self) -> dict[str, int]:
+        """The rooms that have members, with their sizes (a snapshot)."""
+        return self._registry.room_sizes()
+
+    def broadcast(
+        self,
+        data: Any,
+        *,
+        route: str | None = None,
+        exclude: Any = None,
+        encoding: str = "text",
+    ) -> int:
+        """Send ``data`` to every open websocket (or those of the route named ``route``).
+
+        Safe from any thread and never blocks: the message is encoded once and
+        written by the event loop. ``exclude`` takes one websocket or several.
+
+        Returns:
+            How many websockets it was handed to.
+        """
+        recipients = self._registry.snapshot()
+        if route is not None:
+            recipients = [c for c in recipients if c.route is not None and c.route.name == route]
+        return self._registry.broadcast(recipients, data, encoding=encoding, exclude=exclude)
+
     # Serving --------------------------------------------------------------------
 
     def start(
@@ -446,10 +482,10 @@ class App(_RouteTable):
         return next(self._ids)
 
     def connection_opened(self, conn: Connection) -> None:
-        pass
+        self._registry.opened(conn)
 
     def connection_closed(self, conn: Connection) -> None:
-        pass
+        self._registry.closed(conn)
 
     def __repr__(self) -> str:
         return f"<App {self.name!r}: {len(self.router.routes)} routes>"

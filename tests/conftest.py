@@ -180,12 +180,18 @@ class RawClient:
     what the test reads is what a real client would see.
     """
 
-    def __init__(self, port: int, path: str = "/", *, extra: str = "") -> None:
+    def __init__(
+        self, port: int, path: str = "/", *, extra: str = "", rcvbuf: int | None = None
+    ) -> None:
         from websockets.client import ClientProtocol
         from websockets.protocol import State
         from websockets.uri import parse_uri
 
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock = socket.socket()
+        if rcvbuf is not None:  # before connecting, or the window is already large
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(5)
+        self.sock.connect(("127.0.0.1", port))
         self.sock.sendall(upgrade_request(path, extra=extra))
         head = b""
         while b"\r\n\r\n" not in head:
@@ -225,20 +231,28 @@ class RawClient:
                 break
             except ConnectionResetError:
                 data = b""
-            if not data:
+            if data:
+                self.protocol.receive_data(data)
+            else:
                 self.protocol.receive_eof()
-                break
-            self.protocol.receive_data(data)
             for out in self.protocol.data_to_send():
-                if out and answer:
-                    try:
+                if not answer:
+                    continue
+                try:
+                    if out:
                         self.sock.sendall(out)
-                    except OSError:
-                        pass
+                    else:  # the protocol's end of stream: half-close, as a client does
+                        self.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+            if not data:
+                break
             new = self.protocol.events_received()
             frames.extend(new)
-            if any(f.opcode is Opcode.CLOSE for f in new) or (frames and not until_close):
+            if frames and not until_close:
                 break
+            if any(f.opcode is Opcode.CLOSE for f in new) and not answer:
+                break  # a mute client does not wait for the end of the stream
         return frames
 
     def close_code(self, timeout: float = 5.0, *, answer: bool = True) -> int | None:

@@ -1,0 +1,311 @@
+"""The live connection registry, rooms, and broadcast, safe from any thread.
+
+Theory of operation
+-------------------
+The registry holds every open websocket of an app (across its servers) and the
+room memberships. Connections enter and leave it on the event loop (when the
+handshake completes, when the TCP connection is gone); rooms change from any
+thread. One lock guards both maps and each connection's ``rooms_joined``; it is
+held only for dictionary and set operations, never while writing.
+
+A broadcast encodes the message once in the caller's thread, takes a snapshot
+of the recipients under the lock, and writes on the loop: directly when called
+on the loop thread (so it keeps its order with the caller's own ``send``), or
+with one ``call_soon_threadsafe`` per loop otherwise (so it keeps its order
+with sends made from the same thread, which cross the same way). On the loop,
+the frame is serialized once and the same bytes go to every recipient's
+transport; recipients that compress (permessage-deflate) or mask (clients) get
+their own frame from their protocol. Recipients that are closing are skipped.
+A recipient never makes the others wait: its buffer grows instead, and the
+connection's write timer drops it with 1011 if it stays above the limit for
+``WEBSOCKET_WRITE_TIMEOUT``; one whose buffer passes a hard cap is dropped at
+once, which bounds the memory a slow reader can cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from websockets.frames import BINARY, CONT, TEXT, Frame
+from websockets.protocol import OPEN, SERVER
+
+from ..message import Fragments, encode_message
+from .connection import Connection
+
+__all__ = ["Connections", "Registry", "Room"]
+
+logger = logging.getLogger("embedws.broadcast")
+
+#: A recipient whose write buffer holds more than this many times its
+#: high-water mark is dropped at once (1011) instead of buffering further.
+OVERFLOW_FACTOR = 16
+
+
+def connection_of(ws: Any) -> Connection:
+    """The loop-side connection behind a sync or async websocket."""
+    conn = getattr(ws, "connection", ws)
+    if not isinstance(conn, Connection):
+        raise TypeError(f"expected a websocket, not {type(ws).__name__}")
+    return conn
+
+
+class Registry:
+    """Open connections and rooms of one app.
+
+    Thread contract: every method is safe from any thread.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _open, _rooms and every rooms_joined
+        self._open: dict[int, Connection] = {}
+        self._rooms: dict[str, set[Connection]] = {}
+
+    # Connections (called on the loop) -------------------------------------------
+
+    def opened(self, conn: Connection) -> None:
+        with self._lock:
+            self._open[conn.id] = conn
+
+    def closed(self, conn: Connection) -> None:
+        with self._lock:
+            self._open.pop(conn.id, None)
+            for name in conn.rooms_joined or ():
+                members = self._rooms.get(name)
+                if members is not None:
+                    members.discard(conn)
+                    if not members:
+                        del self._rooms[name]
+            conn.rooms_joined = None
+
+    def snapshot(self) -> list[Connection]:
+        with self._lock:
+            return list(self._open.values())
+
+    def get(self, conn_id: int) -> Connection | None:
+        with self._lock:
+            return self._open.get(conn_id)
+
+    # Rooms -----------------------------------------------------------------------
+
+    def join(self, name: str, conn: Connection) -> None:
+        with self._lock:
+            if conn.lost or conn.id not in self._open:
+                return  # closed already: it would leave at once
+            self._rooms.setdefault(name, set()).add(conn)
+            if conn.rooms_joined is None:
+                conn.rooms_joined = set()
+            conn.rooms_joined.add(name)
+
+    def leave(self, name: str, conn: Connection) -> None:
+        with self._lock:
+            members = self._rooms.get(name)
+            if members is None or conn not in members:
+                return
+            members.discard(conn)
+            if not members:
+                del self._rooms[name]
+            if conn.rooms_joined is not None:
+                conn.rooms_joined.discard(name)
+
+    def members(self, name: str) -> list[Connection]:
+        with self._lock:
+            return list(self._rooms.get(name, ()))
+
+    def is_member(self, name: str, conn: Connection) -> bool:
+        with self._lock:
+            return conn in self._rooms.get(name, ())
+
+    def size(self, name: str) -> int:
+        with self._lock:
+            return len(self._rooms.get(name, ()))
+
+    def room_sizes(self) -> dict[str, int]:
+        with self._lock:
+            return {name: len(members) for name, members in self._rooms.items()}
+
+    # Broadcast -------------------------------------------------------------------
+
+    def broadcast(
+        self,
+        recipients: Iterable[Connection],
+        data: Any,
+        *,
+        encoding: str = "text",
+        exclude: Any = None,
+    ) -> int:
+        """Send ``data`` to ``recipients`` minus ``exclude``; never blocks.
+
+        Returns:
+            How many recipients the message was handed to.
+
+        Raises:
+            TypeError: ``data`` has a type that cannot be sent.
+        """
+        is_text, payload = encode_message(data, encoding)
+        excluded = _excluded(exclude)
+        by_loop: dict[asyncio.AbstractEventLoop, list[Connection]] = {}
+        for conn in recipients:
+            if conn not in excluded:
+                by_loop.setdefault(conn.loop, []).append(conn)
+        count = 0
+        for loop, conns in by_loop.items():
+            count += len(conns)
+            if _on_loop(loop):
+                write_to_all(conns, is_text, payload)
+            else:
+                try:
+                    loop.call_soon_threadsafe(write_to_all, conns, is_text, payload)
+                except RuntimeError:  # that loop is closed: so are its connections
+                    count -= len(conns)
+        return count
+
+
+def write_to_all(conns: list[Connection], is_text: bool, payload: bytes | Fragments) -> None:
+    """On the loop: write one message to each connection that is still open."""
+    shared: list[bytes] | None = None
+    for conn in conns:
+        protocol = conn.protocol
+        if protocol.state is not OPEN or conn.lost or conn._failed:
+            continue
+        transport = conn.transport
+        limit = conn.settings.write_limit
+        if transport.get_write_buffer_size() > limit * OVERFLOW_FACTOR:
+            logger.warning(
+                "dropping %s: %d bytes wait to be sent to it (a slow reader)",
+                conn.remote_address,
+                transport.get_write_buffer_size(),
+            )
+            conn.fail(1011, "send buffer overflow")
+            conn.abort()
+            continue
+        if protocol.extensions or protocol.side is not SERVER or protocol.expect_continuation_frame:
+            conn.write_message(is_text, payload)  # its own frames: compressed or masked
+            continue
+        if shared is None:
+            shared = _serialize(is_text, payload)
+        for frame in shared:
+            transport.write(frame)
+
+
+def _serialize(is_text: bool, payload: bytes | Fragments) -> list[bytes]:
+    """The frames of one message, unmasked and uncompressed, serialized once."""
+    first = TEXT if is_text else BINARY
+    if not isinstance(payload, Fragments):
+        return [Frame(first, payload).serialize(mask=False)]
+    last = len(payload) - 1
+    return [
+        Frame(first if i == 0 else CONT, part, fin=i == last).serialize(mask=False)
+        for i, part in enumerate(payload)
+    ]
+
+
+def _excluded(exclude: Any) -> frozenset[Connection]:
+    if exclude is None:
+        return frozenset()
+    if isinstance(exclude, (list, tuple, set, frozenset)) or (
+        isinstance(exclude, Iterable) and not hasattr(exclude, "send")
+    ):
+        return frozenset(connection_of(ws) for ws in exclude)
+    return frozenset({connection_of(exclude)})
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class Room:
+    """A named group of websockets (``app.room(name)``), made on first use.
+
+    A room exists while it has members; a closing websocket leaves its rooms
+    by itself. Thread contract: every method is safe from any thread;
+    ``broadcast`` never blocks.
+    """
+
+    __slots__ = ("_registry", "name")
+
+    def __init__(self, registry: Registry, name: str) -> None:
+        self._registry = registry
+        self.name = name
+
+    def add(self, ws: Any) -> None:
+        """Add a websocket (sync or async); a closed one is ignored."""
+        self._registry.join(self.name, connection_of(ws))
+
+    def discard(self, ws: Any) -> None:
+        """Remove a websocket if it is a member."""
+        self._registry.leave(self.name, connection_of(ws))
+
+    def broadcast(self, data: Any, *, encoding: str = "text", exclude: Any = None) -> int:
+        """Send ``data`` to every member but ``exclude`` (one websocket or several).
+
+        Returns:
+            How many members it was handed to.
+        """
+        return self._registry.broadcast(
+            self._registry.members(self.name), data, encoding=encoding, exclude=exclude
+        )
+
+    def __contains__(self, ws: object) -> bool:
+        try:
+            return self._registry.is_member(self.name, connection_of(ws))
+        except TypeError:
+            return False
+
+    def __len__(self) -> int:
+        return self._registry.size(self.name)
+
+    def __iter__(self) -> Iterator[Any]:
+        """The members' websockets, as a snapshot."""
+        return iter([conn.facade for conn in self._registry.members(self.name)])
+
+    def __repr__(self) -> str:
+        return f"<Room {self.name!r}: {len(self)} members>"
+
+
+class Connections:
+    """``app.connections``: a live view of the open websockets.
+
+    Thread contract: every method is safe from any thread; iteration is over a
+    snapshot. The items are the very objects the handlers got.
+    """
+
+    __slots__ = ("_registry",)
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def __len__(self) -> int:
+        return len(self._registry.snapshot())
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter([conn.facade for conn in self._registry.snapshot()])
+
+    def __contains__(self, ws: object) -> bool:
+        try:
+            conn = connection_of(ws)
+        except TypeError:
+            return False
+        return self._registry.get(conn.id) is conn
+
+    def get(self, conn_id: int) -> Any:
+        """The websocket with this ``id``, or ``None``."""
+        conn = self._registry.get(conn_id)
+        return conn.facade if conn is not None else None
+
+    def by_route(self, name: str) -> list[Any]:
+        """The websockets of the route named ``name``."""
+        return [
+            conn.facade
+            for conn in self._registry.snapshot()
+            if conn.route is not None and conn.route.name == name
+        ]
+
+    def __repr__(self) -> str:
+        return f"<Connections: {len(self)} open>"
