@@ -211,7 +211,7 @@ def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals
         out, err = process.communicate(timeout=10)
     finally:
         process.kill()
-        process.wait()
+        process.communicate()  # reaps it and closes the pipes
     assert out.split() == ["stopped", "returned"], err
     assert process.returncode == 0, err
 

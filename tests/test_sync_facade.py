@@ -256,6 +256,6 @@ def test_stop_with_500_clients_is_quick_and_every_client_sees_1001() -> None:
     finally:
         server.stop()
         process.kill()
-        process.wait()
+        process.communicate()  # reaps it and closes the pipes
     assert out.strip() == "[1001] 500", err
     assert elapsed < 2, elapsed
