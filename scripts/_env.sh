@@ -20,8 +20,11 @@ fi
 STAMP="$VENV/.embedws-installed"
 WANT="$(cat "$ROOT/pyproject.toml" | sha1sum | cut -c1-16)-$EXTRAS"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]"
+    # The filter drops pip's noise about package folders this machine lists but
+    # lacks; with pipefail, a failing pip still fails the script.
+    quiet() { { grep -v "^WARNING: Location" || true; } >&2; }
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | quiet
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]" 2>&1 | quiet
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
