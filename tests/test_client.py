@@ -4,6 +4,7 @@ redirects, reconnection, and the errors a user sees."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 import socket
@@ -405,13 +406,35 @@ def test_the_proxy_comes_from_the_environment(server: Any, monkeypatch: pytest.M
             assert ws.recv(timeout=5) == "no proxy"
 
 
-def test_a_proxy_refusal_is_a_proxy_error(server: Any) -> None:
-    with proxy_server("http", auth="user:secret") as port:
-        with pytest.raises(ProxyError, match="refused"):
-            server.connect("/echo", proxy=f"http://127.0.0.1:{port}").open()
-        with server.connect("/echo", proxy=f"http://user:secret@127.0.0.1:{port}") as ws:
-            ws.send("authenticated")
-            assert ws.recv(timeout=5) == "authenticated"
+def test_a_proxy_refusal_is_a_proxy_error_and_credentials_are_sent(server: Any) -> None:
+    """A proxy that answers CONNECT with 407: what it saw, and what the user sees."""
+    seen: list[bytes] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def refuse() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                seen.append(data)
+                conn.sendall(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                    b"Proxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n"
+                )
+
+        thread = threading.Thread(target=refuse)
+        thread.start()
+        with pytest.raises(ProxyError, match=r"refused to connect .* HTTP 407"):
+            server.connect("/echo", proxy=f"http://user:s%3Acret@127.0.0.1:{port}").open()
+        thread.join(5)
+    request = seen[0].decode()
+    assert request.startswith(f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\n")
+    credentials = base64.b64encode(b"user:s:cret").decode()
+    assert f"\r\nProxy-Authorization: Basic {credentials}\r\n" in request
 
 
 # Errors a user understands ----------------------------------------------------------
