@@ -388,3 +388,16 @@ def test_host_routes() -> None:
         assert body == b"example"
         _, body = get(server.port, "/", Host="localhost")
         assert body == b"other"
+
+
+def test_past_max_connections_http_requests_get_503() -> None:
+    with serving(make_app(MAX_CONNECTIONS=1)) as server:
+        holder = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        holder.request("GET", "/")
+        assert holder.getresponse().read() == b"<h1>hello</h1>"  # kept alive: 1 open
+        response, _ = get(server.port, "/")
+        assert response.status == 503
+        holder.close()
+        deadline = time.monotonic() + 5
+        while get(server.port, "/")[0].status == 503:  # until the server saw the close
+            assert time.monotonic() < deadline

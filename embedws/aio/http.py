@@ -221,6 +221,10 @@ class HTTPConnection(asyncio.Protocol):
             return error_response(403, message, server.error_format), True
         if is_upgrade(request):
             return await self._upgrade(request)
+        if server.connection_count() > config.MAX_CONNECTIONS:
+            return error_response(
+                503, "the server is at capacity; retry later", server.error_format
+            ), True
         try:
             route, params = server.router.find(request.path, request.host, "http", request.method)
         except NotFound:

@@ -483,12 +483,10 @@ class _QueueLogging:
             self._records.put_nowait(None)
         except queue.Full:
             pass
-        self._thread.join(timeout=1.0)  # a stuck stderr must not hang the shutdown
-        if self._handler.dropped:
-            logging.getLogger("embedws").warning(
-                "%d log records were dropped: the log output was not being read",
-                self._handler.dropped,
-            )
+        # A stuck log output must not hang the shutdown: the thread is a
+        # daemon, abandoned if it does not finish in time. (Nothing is logged
+        # about dropped records: that output is the one that is stuck.)
+        self._thread.join(timeout=1.0)
 
     def _emit_all(self) -> None:
         parent = self._logger.parent
