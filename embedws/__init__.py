@@ -7,12 +7,14 @@ on your own loop with :func:`embedws.aio.serve`.
 
 from __future__ import annotations
 
-from . import errors, response
+from . import aio, errors, response, sync
+from .aio.registry import Connections, Room
 from .app import App, Blueprint
 from .config import Config
 from .errors import ConcurrencyError, EmbedwsError, WebsocketClosed
 from .request import Headers, Request
 from .response import HTTPResponse
+from .routing import Route
 from .state import State
 
 __all__ = [
@@ -20,15 +22,20 @@ __all__ = [
     "Blueprint",
     "ConcurrencyError",
     "Config",
+    "Connections",
     "EmbedwsError",
     "HTTPResponse",
     "Headers",
     "Request",
+    "Room",
+    "Route",
     "State",
     "WebsocketClosed",
     "__version__",
+    "aio",
     "errors",
     "response",
+    "sync",
 ]
 
 __version__ = "0.1.0"

@@ -17,7 +17,17 @@ from typing import Any
 from .errors import NotFound
 from .request import Headers
 
-__all__ = ["HTTPResponse", "empty", "file", "html", "json", "raw", "redirect", "text"]
+__all__ = [
+    "HTTPResponse",
+    "empty",
+    "error_response",
+    "file",
+    "html",
+    "json",
+    "raw",
+    "redirect",
+    "text",
+]
 
 HeadersLike = Mapping[str, str] | Headers | Iterable[tuple[str, str]] | None
 

@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote, urlencode
 
 from .errors import MethodNotAllowed, NotFound, RouteError
 
-__all__ = ["Route", "Router", "RouteKind", "normalize_host"]
+__all__ = ["Route", "RouteKind", "Router", "hosts_tuple", "make_uri", "normalize_host"]
 
 RouteKind = Literal["websocket", "http"]
 
@@ -261,6 +261,7 @@ def make_uri(
 
 
 def hosts_tuple(host: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """A route's ``host=`` option as normalized names (``None``: any host)."""
     if host is None:
         return None
     values = [host] if isinstance(host, str) else list(host)

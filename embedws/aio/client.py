@@ -52,12 +52,11 @@ from ..errors import (
 from ..protocol import ClientProtocol
 from ..response import HTTPResponse
 from ..tls import client_context
-from .connection import Connection, Settings, Websocket
+from .connection import Connection, Settings, Websocket, protocol_logger
 
 __all__ = ["ClientOptions", "connect", "open_connection"]
 
 logger = logging.getLogger("embedws.client")
-protocol_logger = logging.getLogger("embedws.protocol")
 
 USER_AGENT = "embedws Python/{}.{}".format(*sys.version_info[:2])
 MAX_REDIRECTS = 10

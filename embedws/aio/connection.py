@@ -56,6 +56,20 @@ __all__ = ["Connection", "Consumer", "PongWaiter", "Settings", "Websocket"]
 
 logger = logging.getLogger("embedws.connection")
 
+
+class _ProtocolLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The Sans-I/O layer's logger, with its per-connection INFO lines at DEBUG.
+
+    ``websockets`` logs "connection open/closed" at INFO for every connection:
+    noise for an embedded server whose host logs at INFO.
+    """
+
+    def info(self, msg: object, *args: object, **kwargs: object) -> None:
+        self.debug(msg, *args, **kwargs)  # type: ignore[arg-type]
+
+
+protocol_logger = _ProtocolLogger(logging.getLogger("embedws.protocol"), {})
+
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 

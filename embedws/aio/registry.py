@@ -36,7 +36,7 @@ from websockets.protocol import OPEN, SERVER
 from ..message import Fragments, encode_message
 from .connection import Connection
 
-__all__ = ["Connections", "Registry", "Room"]
+__all__ = ["Connections", "Registry", "Room", "connection_of", "write_to_all"]
 
 logger = logging.getLogger("embedws.broadcast")
 

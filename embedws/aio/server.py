@@ -36,14 +36,13 @@ from ..response import HTTPResponse
 from ..routing import Route, Router
 from ..security import is_loopback_address
 from ..tls import SSLArg, server_context
-from .connection import Connection, Settings, Websocket
+from .connection import Connection, Settings, Websocket, protocol_logger
 from .http import HTTPConnection
 from .runner import HandlerRunner
 
 __all__ = ["ServedApp", "Server", "serve"]
 
 logger = logging.getLogger("embedws.server")
-protocol_logger = logging.getLogger("embedws.protocol")
 
 
 class ServedApp(Protocol):

@@ -52,7 +52,15 @@ from ..aio.connection import Connection
 from ..errors import WebsocketClosed
 from .greenlets import park_until
 
-__all__ = ["Inbox", "LoopThread", "PingWaiter", "SendGate", "run_on_loop"]
+__all__ = [
+    "Inbox",
+    "LoopThread",
+    "PingWaiter",
+    "SendGate",
+    "check_can_block",
+    "run_on_loop",
+    "write_from_thread",
+]
 
 logger = logging.getLogger("embedws.loop")
 
