@@ -76,15 +76,15 @@ def make_app(use_async: bool = False) -> embedws.App:
 
     if use_async:
 
-        @app.websocket("/ws")
-        async def echo(request: Any, ws: Any) -> None:
+        @app.websocket("/ws", name="echo")
+        async def echo_async(request: Any, ws: Any) -> None:
             async for message in ws:
                 await ws.send(message)
 
     else:
 
-        @app.websocket("/ws")
-        def echo(request: Any, ws: Any) -> None:  # type: ignore[no-redef]
+        @app.websocket("/ws", name="echo")
+        def echo_sync(request: Any, ws: Any) -> None:
             for message in ws:
                 ws.send(message)
 
