@@ -13,6 +13,9 @@
 //   {"texts": SEL}                          report the text of every element SEL: {"texts": [...]}
 //   {"screenshot": PATH}                    save a PNG of the page
 //
+// $CHROMIUM_ARGS may add Chromium flags, as a JSON array (e.g. --host-resolver-rules, to make
+// a foreign host name reach a loopback server in the security tests).
+//
 // Only the Chromium at $CHROMIUM (default /usr/bin/chromium) is used: playwright-core never
 // downloads a browser. Chromium's background networking is switched off: on a machine without
 // network access its connections would otherwise be refused and slow everything down.
@@ -52,14 +55,15 @@ try {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      ...JSON.parse(process.env.CHROMIUM_ARGS || "[]"),
     ],
   });
   const page = context.pages()[0] || (await context.newPage());
   page.setDefaultTimeout(timeout);
   page.on("console", (msg) => emit({ console: msg.text(), level: msg.type() }));
   page.on("pageerror", (err) => emit({ pageerror: String(err) }));
-  await page.goto(url);
-  emit({ step: "goto", ok: true, url });
+  const response = await page.goto(url);
+  emit({ step: "goto", ok: true, url, status: response ? response.status() : null });
 
   for (const [step, action] of actions.entries()) {
     try {
