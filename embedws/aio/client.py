@@ -54,7 +54,7 @@ from ..response import HTTPResponse
 from ..tls import client_context
 from .connection import Connection, Settings, Websocket, protocol_logger
 
-__all__ = ["ClientOptions", "connect", "open_connection"]
+__all__ = ["ClientOptions", "ConnectSpec", "connect", "open_connection"]
 
 logger = logging.getLogger("embedws.client")
 
@@ -359,7 +359,43 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, (OSError, TimeoutError))
 
 
-class connect:  # noqa: N801 - used like a function, as websockets.connect is
+class ConnectSpec:
+    """What ``aio.connect`` and ``sync.connect`` share: the URI, the options and
+    the retry policy of their reconnecting iteration."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        reconnect_delays: Callable[[], Generator[float]] = backoff,
+        **options: Any,
+    ) -> None:
+        _parse(uri)
+        self.uri = uri
+        self.options = ClientOptions(**options)
+        self._reconnect_delays = reconnect_delays
+        self._delays: Generator[float] | None = None
+
+    def retry_delay(self, exc: Exception) -> float:
+        """After a failed attempt: seconds to wait before the next one.
+
+        Raises:
+            Exception: ``exc`` itself, when it is not worth retrying.
+        """
+        if not _retryable(exc):
+            raise exc
+        if self._delays is None:
+            self._delays = self._reconnect_delays()
+        delay = next(self._delays)
+        logger.info("connecting to %s failed (%s); retrying in %.1f s", self.uri, exc, delay)
+        return delay
+
+    def connected(self) -> None:
+        """After a successful attempt: the next failure starts the backoff again."""
+        self._delays = None
+
+
+class connect(ConnectSpec):  # noqa: N801 - used like a function, as websockets.connect is
     """Open a websocket client connection.
 
     ``ws = await connect(uri)``, ``async with connect(uri) as ws:``, or
@@ -383,17 +419,8 @@ class connect:  # noqa: N801 - used like a function, as websockets.connect is
             between attempts (default: exponential backoff).
     """
 
-    def __init__(
-        self,
-        uri: str,
-        *,
-        reconnect_delays: Callable[[], Generator[float]] = backoff,
-        **options: Any,
-    ) -> None:
-        _parse(uri)
-        self.uri = uri
-        self.options = ClientOptions(**options)
-        self._reconnect_delays = reconnect_delays
+    def __init__(self, uri: str, **options: Any) -> None:
+        super().__init__(uri, **options)
         self._ws: Websocket | None = None
 
     def __await__(self) -> Generator[Any, None, Websocket]:
@@ -408,22 +435,13 @@ class connect:  # noqa: N801 - used like a function, as websockets.connect is
             await self._ws.close()
 
     async def __aiter__(self) -> AsyncIterator[Websocket]:
-        delays: Generator[float] | None = None
         while True:
             try:
                 ws = await open_connection(self.uri, self.options)
             except Exception as exc:
-                if not _retryable(exc):
-                    raise
-                if delays is None:
-                    delays = self._reconnect_delays()
-                delay = next(delays)
-                logger.info(
-                    "connecting to %s failed (%s); retrying in %.1f s", self.uri, exc, delay
-                )
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self.retry_delay(exc))
                 continue
-            delays = None
+            self.connected()
             try:
                 yield ws
             finally:

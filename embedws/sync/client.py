@@ -8,13 +8,11 @@ thread-safe :class:`~embedws.sync.Websocket` that sync handlers get.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from websockets.client import backoff
-
-from ..aio.client import ClientOptions, _parse, _retryable, open_connection
+from ..aio.client import ConnectSpec, open_connection
 from ..aio.connection import Connection
 from .greenlets import sleep
 from .loop import LoopThread
@@ -66,7 +64,7 @@ class ClientWebsocket(Websocket):
         self.close()
 
 
-class Connect:
+class Connect(ConnectSpec):
     """What :func:`connect` returns: ``with`` it, iterate it, or :meth:`open` it.
 
     * ``with connect(uri) as ws:`` — a connected websocket, closed at the end;
@@ -75,17 +73,8 @@ class Connect:
       time the loop comes back (transient errors retried, others raised).
     """
 
-    def __init__(
-        self,
-        uri: str,
-        *,
-        reconnect_delays: Callable[[], Generator[float]] = backoff,
-        **options: Any,
-    ) -> None:
-        _parse(uri)
-        self.uri = uri
-        self.options = ClientOptions(**options)
-        self._reconnect_delays = reconnect_delays
+    def __init__(self, uri: str, **options: Any) -> None:
+        super().__init__(uri, **options)
         self._ws: ClientWebsocket | None = None
 
     def open(self) -> ClientWebsocket:
@@ -128,18 +117,13 @@ class Connect:
             self._ws.close()
 
     def __iter__(self) -> Iterator[ClientWebsocket]:
-        delays: Generator[float] | None = None
         while True:
             try:
                 ws = self.open()
             except Exception as exc:
-                if not _retryable(exc):
-                    raise
-                if delays is None:
-                    delays = self._reconnect_delays()
-                sleep(next(delays))
+                sleep(self.retry_delay(exc))
                 continue
-            delays = None
+            self.connected()
             try:
                 yield ws
             finally:
