@@ -1,0 +1,182 @@
+"""Echo servers under test, one per process: ``python bench/servers.py --kind KIND``.
+
+Prints ``PORT <n>`` on stdout once listening, then serves on 127.0.0.1 until
+SIGTERM/SIGINT (or ``--lifetime`` seconds, so a forgotten server still stops).
+Every server echoes each message back as it came (text as text, binary as
+binary), with keepalive pings and compression off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+KINDS = (
+    "embedws-async",
+    "embedws-thread",
+    "embedws-greenlet",
+    "websockets-asyncio",
+    "websockets-sync",
+)
+
+# Room for --idle 10000 (and the sync kinds' one thread per connection).
+_MAX_CONNECTIONS = 50_000
+
+
+def _announce(port: int) -> None:
+    print(f"PORT {port}", flush=True)
+
+
+class _Profiles:
+    """cProfile for every thread of the process (cProfile itself sees one thread)."""
+
+    def __init__(self) -> None:
+        self.profiles: list[cProfile.Profile] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._enable_here()
+        threading.setprofile(self._thread_hook)
+
+    def _enable_here(self) -> None:
+        profile = cProfile.Profile()
+        with self._lock:
+            self.profiles.append(profile)
+        profile.enable()
+
+    def _thread_hook(self, frame: FrameType, event: str, arg: Any) -> None:
+        # Called on the first event of each new thread: swap in a real profiler.
+        sys.setprofile(None)
+        self._enable_here()
+
+    def dump(self, path: str) -> None:
+        import pstats
+
+        with self._lock:
+            profiles = list(self.profiles)
+        for profile in profiles:
+            profile.create_stats()
+        stats = pstats.Stats(profiles[0])
+        for profile in profiles[1:]:
+            if profile.stats:
+                stats.add(profile)
+        stats.dump_stats(path)
+
+
+def _exit_on_signal(on_exit: Callable[[], None]) -> None:
+    """Exit at once on SIGTERM/SIGINT: nothing to shut down gracefully in a benchmark."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        try:
+            on_exit()
+        finally:
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _exit_later(seconds: float) -> None:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.daemon = True
+    timer.start()
+
+
+def serve_embedws(mode: str) -> None:
+    import embedws
+
+    app = embedws.App(
+        "bench",
+        config={
+            "WEBSOCKET_PING_INTERVAL": None,
+            "MAX_CONNECTIONS": _MAX_CONNECTIONS,
+            "SYNC_HANDLER_THREADS": _MAX_CONNECTIONS,
+        },
+    )
+    if mode == "async":
+
+        async def echo(request: embedws.Request, ws: Any) -> None:
+            async for message in ws:
+                await ws.send(message)
+
+        app.add_websocket_route(echo, "/")
+    else:
+
+        def sync_echo(request: embedws.Request, ws: Any) -> None:
+            for message in ws:
+                ws.send(message)
+
+        app.add_websocket_route(sync_echo, "/", mode=mode)
+    server = app.start(port=0)
+    _announce(server.port)
+    server.wait()
+
+
+def serve_websockets_asyncio() -> None:
+    from websockets.asyncio.server import ServerConnection, serve
+
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async def main() -> None:
+        async with serve(echo, "127.0.0.1", 0, ping_interval=None, compression=None) as server:
+            _announce(server.sockets[0].getsockname()[1])
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def serve_websockets_sync() -> None:
+    from websockets.sync.server import ServerConnection, serve
+
+    def echo(ws: ServerConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    with serve(echo, "127.0.0.1", 0, ping_interval=None, compression=None) as server:
+        _announce(server.socket.getsockname()[1])
+        server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=KINDS, required=True)
+    parser.add_argument("--profile", metavar="FILE", help="write cProfile stats here on exit")
+    parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this long")
+    parser.add_argument("--cpus", help="pin the process to these CPUs, e.g. '0'")
+    args = parser.parse_args()
+    if args.cpus:
+        # Before any thread starts: threads inherit the affinity of their creator.
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+
+    profiles: _Profiles | None = None
+    if args.profile:
+        profiles = _Profiles()
+        profiles.start()
+
+    def on_exit() -> None:
+        if profiles is not None:
+            profiles.dump(args.profile)
+        sys.stdout.flush()
+
+    _exit_on_signal(on_exit)
+    _exit_later(args.lifetime)
+    if args.kind.startswith("embedws-"):
+        serve_embedws(args.kind.removeprefix("embedws-"))
+    elif args.kind == "websockets-asyncio":
+        serve_websockets_asyncio()
+    else:
+        serve_websockets_sync()
+
+
+if __name__ == "__main__":
+    main()
