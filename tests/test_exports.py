@@ -19,6 +19,7 @@ MODULES = [
     "embedws.aio",
     "embedws.aio.client",
     "embedws.aio.connection",
+    "embedws.aio.crossing",
     "embedws.aio.registry",
     "embedws.aio.server",
     "embedws.sync",

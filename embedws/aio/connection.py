@@ -25,8 +25,8 @@ validation, and it does what that layer leaves to I/O code:
   moved to CLOSED, waiters (recv, pings, drains, wait_closed) are woken with the
   close exception, timers are cancelled and the owner is told.
 
-Everything here runs on the event loop thread. The sync facade crosses into it
-with ``loop.call_soon_threadsafe`` (see ``embedws/sync/loop.py``).
+Everything here runs on the event loop thread. Other threads reach it through
+the loop's batched call queue, ``self.crossing`` (``embedws/aio/crossing.py``).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from websockets.protocol import Protocol as SansIOProtocol
 from ..errors import ConcurrencyError, WebsocketClosed
 from ..message import Fragments, encode_message, fragment_payload
 from ..state import State
+from .crossing import crossing_for
 
 if TYPE_CHECKING:
     from ..request import Request
@@ -137,6 +138,7 @@ class Connection(asyncio.Protocol):
         "_send_busy",
         "_write_handle",
         "_writing_paused",
+        "crossing",
         "facade",
         "id",
         "latency",
@@ -166,6 +168,7 @@ class Connection(asyncio.Protocol):
         self.protocol = protocol
         self.settings = settings
         self.loop = loop
+        self.crossing = crossing_for(loop)  # how other threads reach this connection
         self.request = request
         self.response: Any = None  # the 101 of a client connection
         self._handshake: asyncio.Future[Any] | None = None  # a client's pending handshake
@@ -243,7 +246,8 @@ class Connection(asyncio.Protocol):
         protocol = self.protocol
         protocol.receive_data(data)
         events = protocol.events_received()
-        self._flush()
+        if protocol.writes:  # pongs, close replies: usually nothing
+            self._flush()
         if protocol.state is not OPEN and self._close_handle is None and protocol.close_expected():
             self._arm_close_timer()
         for event in events:
@@ -673,15 +677,16 @@ class Websocket(Connection):
             WebsocketClosed: the connection is closed or closing.
             TypeError: ``data`` has a type that cannot be sent.
         """
-        while self._send_busy is not None:  # an async-iterable message is being sent
-            await asyncio.shield(self._send_busy)
-        if isinstance(data, AsyncIterable):
-            await self._send_async_fragments(data)
-            return
-        is_text, payload = encode_message(data, encoding)
-        await self._write_or_closed(is_text, payload)
-
-    async def _write_or_closed(self, is_text: bool, payload: bytes | Fragments) -> None:
+        payload: bytes | Fragments
+        if self._send_busy is None and type(data) is str and encoding == "text":
+            is_text, payload = True, data.encode()  # the common case, without the dispatch
+        else:
+            while self._send_busy is not None:  # an async-iterable message is being sent
+                await asyncio.shield(self._send_busy)
+            if isinstance(data, AsyncIterable):
+                await self._send_async_fragments(data)
+                return
+            is_text, payload = encode_message(data, encoding)
         try:
             self.write_message(is_text, payload)
         except WebsocketClosed:

@@ -11,8 +11,9 @@ held only for dictionary and set operations, never while writing.
 A broadcast encodes the message once in the caller's thread, takes a snapshot
 of the recipients under the lock, and writes on the loop: directly when called
 on the loop thread (so it keeps its order with the caller's own ``send``), or
-with one ``call_soon_threadsafe`` per loop otherwise (so it keeps its order
-with sends made from the same thread, which cross the same way). On the loop,
+with one call per loop through the loop's batched call queue otherwise (so it
+keeps its order with sends made from the same thread, which cross the same
+way). On the loop,
 the frame is serialized once and the same bytes go to every recipient's
 transport; recipients that compress (permessage-deflate) or mask (clients) get
 their own frame from their protocol. Recipients that are closing are skipped.
@@ -158,7 +159,7 @@ class Registry:
                 write_to_all(conns, is_text, payload)
             else:
                 try:
-                    loop.call_soon_threadsafe(write_to_all, conns, is_text, payload)
+                    conns[0].crossing.call(write_to_all, conns, is_text, payload)
                 except RuntimeError:  # that loop is closed: so are its connections
                     count -= len(conns)
         return count

@@ -13,11 +13,13 @@ Code on other threads never touches loop objects directly; it crosses with:
   sentinel that wakes the reader. When the reader drains the queue below the
   low-water mark while reading is paused, it asks the loop to resume.
 * **messages out** (:class:`SendGate`): ``send`` encodes in the calling thread,
-  then makes one ``loop.call_soon_threadsafe`` call that writes the whole
-  message (so messages from several threads never interleave, and one thread's
-  messages keep their order). The gate bounds the bytes handed over but not yet
-  written, and blocks senders while the transport's buffer is above its
-  high-water mark, at most ``WEBSOCKET_WRITE_TIMEOUT``.
+  then hands the whole message to the loop in one call through the loop's
+  batched call queue (``embedws/aio/crossing.py``: one self-pipe wake-up for
+  all the calls queued meanwhile), so messages from several threads never
+  interleave and one thread's messages and broadcasts keep their order. The
+  gate bounds the bytes handed over but not yet written, and blocks senders
+  while the transport's buffer is above its high-water mark, at most
+  ``WEBSOCKET_WRITE_TIMEOUT``.
 * **waits for the loop** (:class:`PingWaiter`, :func:`run_on_loop`): rare
   operations that need an answer use a ``threading.Event`` or a
   ``concurrent.futures.Future``, always with a timeout.
@@ -306,7 +308,7 @@ class Inbox:
                     conn.resume_reading_if_drained(queued)
                 else:
                     try:
-                        conn.loop.call_soon_threadsafe(conn.resume_reading_if_drained, queued)
+                        conn.crossing.call(conn.resume_reading_if_drained, queued)
                     except RuntimeError:  # loop closed: nothing left to resume
                         pass
         return cast("str | bytes", message)
@@ -354,7 +356,8 @@ class SendGate:
     def release(self, size: int) -> None:
         with self._lock:
             self._inflight -= size
-            if not self._paused:
+            # Event.set takes a lock and notifies: only when someone may wait.
+            if not self._paused and not self._ready.is_set():
                 self._ready.set()
 
     def set_paused(self, paused: bool) -> None:

@@ -244,7 +244,8 @@ class _HandlerJob:
             code, reason = 1011, "internal error"
         finally:
             try:
-                conn.loop.call_soon_threadsafe(_finish, conn, code, reason, self.done)
+                # After this handler's own sends, which went the same way.
+                conn.crossing.call(_finish, conn, code, reason, self.done)
             except RuntimeError:  # the loop is gone
                 pass
 

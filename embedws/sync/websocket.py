@@ -69,9 +69,7 @@ class Websocket:
             self._call_soon(conn.fail, 1011, "write timeout")
             self._raise_closed()
         try:
-            conn.loop.call_soon_threadsafe(
-                write_from_thread, conn, is_text, payload, self._gate, size
-            )
+            conn.crossing.call(write_from_thread, conn, is_text, payload, self._gate, size)
         except RuntimeError:  # the loop is gone
             self._raise_closed()
 
@@ -163,7 +161,7 @@ class Websocket:
                 self.wait_closed()
             return
         try:
-            conn.loop.call_soon_threadsafe(conn.start_close, code, reason)
+            conn.crossing.call(conn.start_close, code, reason)
         except RuntimeError:
             return  # the loop is gone, and the connection with it
         self.wait_closed()
@@ -180,7 +178,7 @@ class Websocket:
 
     def _call_soon(self, fn: Any, *args: Any) -> None:
         try:
-            self._conn.loop.call_soon_threadsafe(fn, *args)
+            self._conn.crossing.call(fn, *args)
         except RuntimeError:  # loop closed
             self._raise_closed()
 

@@ -1,0 +1,94 @@
+"""Calls from other threads into an event loop, batched: one wake-up for many.
+
+``loop.call_soon_threadsafe`` writes to the loop's self-pipe on every call: a
+system call, and an extra pass of the loop to read it back. Threads that send
+many messages (handler threads, a GUI thread broadcasting) instead append to
+one queue per loop; only the call that finds no run scheduled wakes the loop,
+and that run executes every call queued by then, in order.
+
+Order: calls from one thread run in the order they were made, and every
+thread-to-loop call about a connection (send, broadcast, ping, close) goes
+through the same queue, so sends and broadcasts from one thread keep their
+order too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Crossing", "crossing_for"]
+
+logger = logging.getLogger("embedws.loop")
+
+
+class Crossing:
+    """The batched call queue into one event loop.
+
+    Thread contract: :meth:`call` from any thread; the queued calls run on the loop.
+    """
+
+    __slots__ = ("__weakref__", "_calls", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A weak reference: the crossings map must not keep dead loops alive.
+        self._loop = weakref.ref(loop)
+        self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._scheduled = False
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon, after the calls queued before it.
+
+        Raises:
+            RuntimeError: the loop is closed.
+        """
+        self._calls.append((fn, args))  # deque.append is atomic
+        if not self._scheduled:
+            # Racing threads may both schedule a run: the second finds less
+            # (or nothing) to do, which is harmless. A run clears the flag
+            # before it starts, so a call queued meanwhile is never stranded.
+            self._scheduled = True
+            loop = self._loop()
+            try:
+                if loop is None:
+                    raise RuntimeError("Event loop is closed")
+                loop.call_soon_threadsafe(self._run)
+            except RuntimeError:
+                self._scheduled = False
+                raise
+
+    def _run(self) -> None:
+        self._scheduled = False
+        calls = self._calls
+        # Only what is queued now: a thread that keeps calling cannot starve
+        # the loop (what it adds later schedules a run of its own).
+        for _ in range(len(calls)):
+            fn, args = calls.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("error in a call from another thread")
+
+
+_crossings: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Crossing] = (
+    weakref.WeakKeyDictionary()
+)
+_crossings_lock = threading.Lock()  # guards _crossings
+
+
+def crossing_for(loop: asyncio.AbstractEventLoop) -> Crossing:
+    """The one crossing of ``loop`` (made on first use)."""
+    crossing = _crossings.get(loop)
+    if crossing is None:
+        with _crossings_lock:
+            crossing = _crossings.get(loop)
+            if crossing is None:
+                crossing = _crossings[loop] = Crossing(loop)
+    return crossing
