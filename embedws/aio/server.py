@@ -210,11 +210,15 @@ class Server:
         )
 
     def make_protocol(self, route: Route) -> ServerProtocol:
-        selector = self._selectors.get(route)
-        if selector is None:
-            selector = self._selectors[route] = subprotocol_selector(route.subprotocols)
+        selector = None
+        if route.subprotocols:  # else the stock rule already answers "none"
+            selector = self._selectors.get(route)
+            if selector is None:
+                selector = self._selectors[route] = subprotocol_selector(route.subprotocols)
         return ServerProtocol(
-            subprotocols=[Subprotocol(p) for p in route.subprotocols or ()] or None,
+            subprotocols=[Subprotocol(p) for p in route.subprotocols]
+            if route.subprotocols
+            else None,
             select_subprotocol=selector,
             extensions=self._extensions,
             max_size=self.config.WEBSOCKET_MAX_SIZE,

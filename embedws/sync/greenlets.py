@@ -153,7 +153,7 @@ def park_until(
 
 def park_until_closed(conn: Connection, inbox: Inbox, timeout: float | None) -> bool:
     """``wait_closed`` in a greenlet handler."""
-    return park_until(conn.loop, inbox.closed_event.is_set, lambda g: _watch(inbox, g), timeout)
+    return park_until(conn.loop, lambda: inbox.closed, lambda g: _watch(inbox, g), timeout)
 
 
 def sleep(seconds: float) -> None:

@@ -70,6 +70,8 @@ _T = TypeVar("_T")
 
 _CLOSED = object()  # the inbox sentinel: the connection is closed
 
+_lazy_lock = threading.Lock()  # guards the lazy creation of per-connection Events
+
 
 class LoopThread:
     """The shared background thread running the event loop.
@@ -226,13 +228,16 @@ class Inbox:
     ``get`` from any thread, one reader at a time (the websocket enforces it).
     """
 
-    __slots__ = ("_conn", "_gate", "_queue", "closed_event", "parked", "watchers")
+    __slots__ = ("_closed_event", "_conn", "_gate", "_queue", "closed", "parked", "watchers")
 
     def __init__(self, conn: Connection, gate: SendGate) -> None:
         self._conn = conn
         self._gate = gate
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.closed_event = threading.Event()
+        self.closed = False
+        # Made only when a thread waits for the close: an Event costs about a
+        # kilobyte, and most websockets never need one.
+        self._closed_event: threading.Event | None = None
         self.parked: greenlet.greenlet | None = None  # a greenlet handler waiting in recv
         self.watchers: list[greenlet.greenlet] | None = None  # greenlets awaiting close/writable
 
@@ -246,7 +251,10 @@ class Inbox:
 
     def close(self) -> None:
         self._queue.put(_CLOSED)
-        self.closed_event.set()
+        self.closed = True
+        event = self._closed_event
+        if event is not None:
+            event.set()
         self._gate.close()
         if self.parked is not None:
             self._wake_parked()
@@ -271,6 +279,18 @@ class Inbox:
         self._conn.loop.call_soon(parked.switch)
 
     # Reader side -------------------------------------------------------------
+
+    def wait_closed(self, timeout: float | None) -> bool:
+        """Block this thread until the connection is closed, or ``timeout``."""
+        event = self._closed_event
+        if event is None:
+            with _lazy_lock:
+                event = self._closed_event
+                if event is None:
+                    event = self._closed_event = threading.Event()
+        if self.closed:  # close() may have run before the event existed
+            event.set()
+        return event.wait(timeout)
 
     def get(self, timeout: float | None) -> str | bytes:
         """The next message (blocking thread version).
@@ -327,9 +347,9 @@ class SendGate:
     __slots__ = ("_closed", "_inflight", "_limit", "_lock", "_paused", "_ready")
 
     def __init__(self, limit: int) -> None:
-        self._lock = threading.Lock()  # guards _inflight, _paused, _closed and _ready's state
-        self._ready = threading.Event()
-        self._ready.set()
+        self._lock = threading.Lock()  # guards _inflight, _paused, _closed and _ready
+        # Made when a sender first has to wait: most connections never do.
+        self._ready: threading.Event | None = None
         self._inflight = 0
         self._paused = False
         self._closed = False
@@ -346,30 +366,35 @@ class SendGate:
                 if not self._paused and (inflight == 0 or inflight + size <= self._limit):
                     self._inflight = inflight + size
                     return True
-                self._ready.clear()
+                ready = self._ready
+                if ready is None:
+                    ready = self._ready = threading.Event()
+                ready.clear()
             now = time.monotonic()
             if not deadline:
                 deadline = now + timeout
-            if now >= deadline or not self._ready.wait(deadline - now):
+            if now >= deadline or not ready.wait(deadline - now):
                 return False
 
     def release(self, size: int) -> None:
         with self._lock:
             self._inflight -= size
             # Event.set takes a lock and notifies: only when someone may wait.
-            if not self._paused and not self._ready.is_set():
-                self._ready.set()
+            ready = self._ready
+            if ready is not None and not self._paused and not ready.is_set():
+                ready.set()
 
     def set_paused(self, paused: bool) -> None:
         with self._lock:
             self._paused = paused
-            if not paused:
+            if not paused and self._ready is not None:
                 self._ready.set()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._ready.set()
+            if self._ready is not None:
+                self._ready.set()
 
 
 def write_from_thread(

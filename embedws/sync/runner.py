@@ -19,7 +19,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import greenlet
@@ -146,6 +146,39 @@ class HandlerPool:
             )
 
 
+class _Running:
+    """The websocket handlers a runner has running. Thread contract: loop only."""
+
+    __slots__ = ("_idle", "_jobs", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._jobs: set[_HandlerJob] = set()
+        self._idle: asyncio.Future[None] | None = None  # while shutdown waits
+
+    def add(self, job: _HandlerJob) -> None:
+        self._jobs.add(job)
+
+    def finished(self, job: _HandlerJob) -> None:
+        self._jobs.discard(job)
+        if not self._jobs and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def __iter__(self) -> Iterator[_HandlerJob]:
+        return iter(list(self._jobs))
+
+    async def wait(self, deadline: float) -> None:
+        """Until none is running, or ``deadline`` (loop time)."""
+        if not self._jobs:
+            return
+        self._idle = self._loop.create_future()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._idle
+        except TimeoutError:
+            pass
+
+
 class ThreadRunner:
     """Runs ``def`` handlers on a :class:`HandlerPool` (thread mode)."""
 
@@ -153,7 +186,7 @@ class ThreadRunner:
         self._loop = loop
         self._loop_ident = threading.get_ident()
         self._pool = HandlerPool(max_threads, "embedws-handler")
-        self._running: set[asyncio.Future[None]] = set()
+        self._running = _Running(loop)
 
     def has_capacity(self) -> bool:
         return self._pool.has_capacity()
@@ -165,14 +198,13 @@ class ThreadRunner:
         handler: Callable[..., Any],
         params: dict[str, Any],
     ) -> None:
-        ws = Websocket(conn, self._loop_ident)
-        done = self._loop.create_future()
-        if not self._pool.try_submit(_HandlerJob(handler, request, ws, params, done)):
+        job = _HandlerJob(
+            handler, request, Websocket(conn, self._loop_ident), params, self._running
+        )
+        if not self._pool.try_submit(job):
             conn.start_close(1013, "try again later")
-            done.set_result(None)
             return
-        self._running.add(done)
-        done.add_done_callback(self._running.discard)
+        self._running.add(job)
 
     async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         loop = self._loop
@@ -192,8 +224,7 @@ class ThreadRunner:
 
     async def shutdown(self, deadline: float) -> None:
         self._pool.close()
-        if self._running:
-            await asyncio.wait(set(self._running), timeout=max(deadline - self._loop.time(), 0))
+        await self._running.wait(deadline)
 
     def join(self, timeout: float) -> None:
         self._pool.join(timeout)
@@ -211,7 +242,7 @@ def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) 
 class _HandlerJob:
     """One websocket handler call, run on a pool thread or in a greenlet."""
 
-    __slots__ = ("__qualname__", "done", "handler", "params", "request", "ws")
+    __slots__ = ("__qualname__", "glet", "handler", "params", "request", "running", "ws")
 
     def __init__(
         self,
@@ -219,22 +250,21 @@ class _HandlerJob:
         request: Request,
         ws: Websocket,
         params: dict[str, Any],
-        done: asyncio.Future[None],
+        running: _Running,
     ) -> None:
-        self.handler, self.request, self.ws, self.params, self.done = (
-            handler,
-            request,
-            ws,
-            params,
-            done,
-        )
+        self.handler, self.request, self.ws, self.params = handler, request, ws, params
+        self.running = running
+        self.glet: greenlet.greenlet | None = None  # greenlet mode: where it runs
         self.__qualname__ = getattr(handler, "__qualname__", repr(handler))
 
     def __call__(self) -> None:
         conn = self.ws.connection
         code, reason = 1000, ""
         try:
-            self.handler(self.request, self.ws, **self.params)
+            if self.params:
+                self.handler(self.request, self.ws, **self.params)
+            else:  # a plain call nests no C frame: a smaller stack to park
+                self.handler(self.request, self.ws)
         except WebsocketClosed:
             logger.debug("handler %s ended: websocket closed", self.__qualname__)
         except greenlet.GreenletExit:
@@ -245,15 +275,14 @@ class _HandlerJob:
         finally:
             try:
                 # After this handler's own sends, which went the same way.
-                conn.crossing.call(_finish, conn, code, reason, self.done)
+                conn.crossing.call(_finish, conn, code, reason, self)
             except RuntimeError:  # the loop is gone
                 pass
 
 
-def _finish(conn: Connection, code: int, reason: str, done: asyncio.Future[None]) -> None:
+def _finish(conn: Connection, code: int, reason: str, job: _HandlerJob) -> None:
     conn.start_close(code, reason)
-    if not done.done():
-        done.set_result(None)
+    job.running.finished(job)
 
 
 class GreenletRunner:
@@ -262,7 +291,7 @@ class GreenletRunner:
     def __init__(self, loop: asyncio.AbstractEventLoop, block_warning: float | None = None) -> None:
         self._loop = loop
         self._loop_ident = threading.get_ident()
-        self._running: dict[asyncio.Future[None], greenlet.greenlet] = {}
+        self._running = _Running(loop)
         self._block_warning = block_warning
 
     def has_capacity(self) -> bool:
@@ -275,16 +304,12 @@ class GreenletRunner:
         handler: Callable[..., Any],
         params: dict[str, Any],
     ) -> None:
-        ws = Websocket(conn, self._loop_ident)
-        done = self._loop.create_future()
-        job = _HandlerJob(handler, request, ws, params, done)
-        glet = greenlet.greenlet(self._timed(job) if self._block_warning else job)
-        self._running[done] = glet
-        done.add_done_callback(self._forget)
-        self._loop.call_soon(glet.switch)
-
-    def _forget(self, done: asyncio.Future[None]) -> None:
-        self._running.pop(done, None)
+        job = _HandlerJob(
+            handler, request, Websocket(conn, self._loop_ident), params, self._running
+        )
+        job.glet = greenlet.greenlet(self._timed(job) if self._block_warning else job.__call__)
+        self._running.add(job)
+        self._loop.call_soon(job.glet.switch)
 
     def _timed(self, job: _HandlerJob) -> Callable[[], None]:
         threshold = self._block_warning
@@ -316,14 +341,14 @@ class GreenletRunner:
         return await result
 
     async def shutdown(self, deadline: float) -> None:
-        if self._running:
-            await asyncio.wait(set(self._running), timeout=max(deadline - self._loop.time(), 0))
-        for done, glet in list(self._running.items()):
-            logger.warning("stopping a greenlet handler still running at shutdown")
-            if not glet.dead:
-                glet.throw(greenlet.GreenletExit)
-            if not done.done():
-                done.set_result(None)
+        await self._running.wait(deadline)
+        for job in self._running:
+            logger.warning(
+                "stopping greenlet handler %s, still running at shutdown", job.__qualname__
+            )
+            if job.glet is not None and not job.glet.dead:
+                job.glet.throw(greenlet.GreenletExit)
+            self._running.finished(job)
 
     def join(self, timeout: float) -> None:
         return None

@@ -34,7 +34,7 @@ class Websocket:
     concurrent one raises :class:`~embedws.errors.ConcurrencyError`.
     """
 
-    __slots__ = ("__weakref__", "_conn", "_gate", "_inbox", "_loop_ident", "_recv_lock")
+    __slots__ = ("_conn", "_gate", "_inbox", "_loop_ident", "_recv_lock")
 
     def __init__(self, conn: Connection, loop_ident: int) -> None:
         self._conn = conn
@@ -111,12 +111,16 @@ class Websocket:
             self._recv_lock.release()
 
     def __iter__(self) -> Iterator[str | bytes]:
-        """Yield messages until the connection closes (whatever the close code)."""
-        while True:
-            try:
-                yield self.recv()
-            except WebsocketClosed:
-                return
+        """Iterate over messages until the connection closes (whatever the close code)."""
+        return self
+
+    def __next__(self) -> str | bytes:
+        # A method, not a generator: a parked greenlet handler keeps a
+        # shallower stack, and there is no generator object per connection.
+        try:
+            return self.recv()
+        except WebsocketClosed:
+            raise StopIteration from None
 
     # Control -------------------------------------------------------------------
 
@@ -168,13 +172,12 @@ class Websocket:
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Wait until the connection is closed; ``False`` if ``timeout`` passed first."""
-        event = self._inbox.closed_event
-        if event.is_set():
+        if self._inbox.closed:
             return True
         if threading.get_ident() == self._loop_ident:
             check_can_block(self._loop_ident, "wait_closed()")
             return park_until_closed(self._conn, self._inbox, timeout)
-        return event.wait(timeout)
+        return self._inbox.wait_closed(timeout)
 
     def _call_soon(self, fn: Any, *args: Any) -> None:
         try:
@@ -187,7 +190,7 @@ class Websocket:
         # (bounded by the closing-handshake timeout).
         conn = self._conn
         can_wait = threading.get_ident() != self._loop_ident or greenlet.getcurrent().parent
-        if can_wait and not self._inbox.closed_event.is_set():
+        if can_wait and not self._inbox.closed:
             self.wait_closed(conn.settings.close_timeout + 1)
         raise conn.close_exc()
 
@@ -196,7 +199,7 @@ class Websocket:
     @property
     def closed(self) -> bool:
         """True once the TCP connection is gone."""
-        return self._inbox.closed_event.is_set()
+        return self._inbox.closed
 
     @property
     def open(self) -> bool:
