@@ -37,7 +37,7 @@ import io
 import logging
 import os
 from collections.abc import AsyncIterable, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from websockets.frames import BINARY, CLOSE, CONT, PONG, TEXT, Frame
@@ -101,9 +101,12 @@ class PongWaiter(Protocol):
     def set_exception(self, exc: BaseException, /) -> None: ...
 
 
+READ_BUFFER_SIZE = 256 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Per-server connection settings, shared by all its connections."""
+    """Per-server connection settings, shared by all its connections (on one loop)."""
 
     close_timeout: float = 10.0
     ping_interval: float | None = 20.0
@@ -111,10 +114,18 @@ class Settings:
     max_queue: int = 32
     write_timeout: float = 30.0
     write_limit: int = 64 * 1024
+    #: Where every connection's reads land. One buffer serves them all: the
+    #: transport fills it and calls ``buffer_updated``, which copies the bytes
+    #: out before returning, all in one callback on the loop.
+    read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(READ_BUFFER_SIZE)))
 
 
-class Connection(asyncio.Protocol):
+class Connection(asyncio.BufferedProtocol):
     """One websocket connection: the Sans-I/O protocol pumped on a transport.
+
+    A ``BufferedProtocol``: the transport reads into a preallocated buffer
+    (``recv_into``) instead of allocating a 256 KiB ``bytes`` for every read,
+    which costs a plain ``Protocol`` about a quarter of a small echo's time.
 
     Thread contract: every method runs on the event loop thread.
     """
@@ -241,6 +252,12 @@ class Connection(asyncio.Protocol):
         return self._handshake
 
     # Reading ----------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.settings.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.settings.read_buffer[:nbytes])  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol

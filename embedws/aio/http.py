@@ -62,8 +62,11 @@ def _http_date() -> bytes:
     return _date_cache[1]
 
 
-class HTTPConnection(asyncio.Protocol):
+class HTTPConnection(asyncio.BufferedProtocol):
     """One client socket while it speaks HTTP/1.1.
+
+    A ``BufferedProtocol`` reading into the server's shared buffer, like
+    :class:`~embedws.aio.connection.Connection` (h11 copies what it is given).
 
     Thread contract: runs on the event loop thread only.
     """
@@ -96,6 +99,12 @@ class HTTPConnection(asyncio.Protocol):
             return
         config = self.server.config
         self._set_timer(min(config.WEBSOCKET_TIMEOUT, config.REQUEST_TIMEOUT))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.server.settings.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.server.settings.read_buffer[:nbytes])  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         if self._idle:
