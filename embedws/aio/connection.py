@@ -36,8 +36,9 @@ import codecs
 import io
 import logging
 import os
+import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from websockets.frames import BINARY, CLOSE, CONT, PONG, TEXT, Frame
@@ -53,7 +54,15 @@ if TYPE_CHECKING:
     from ..request import Request
     from ..routing import Route
 
-__all__ = ["Connection", "Consumer", "PongWaiter", "Settings", "Websocket"]
+__all__ = [
+    "Connection",
+    "Consumer",
+    "PongWaiter",
+    "Settings",
+    "Websocket",
+    "protocol_logger",
+    "read_buffer_for",
+]
 
 logger = logging.getLogger("embedws.connection")
 
@@ -114,10 +123,24 @@ class Settings:
     max_queue: int = 32
     write_timeout: float = 30.0
     write_limit: int = 64 * 1024
-    #: Where every connection's reads land. One buffer serves them all: the
-    #: transport fills it and calls ``buffer_updated``, which copies the bytes
-    #: out before returning, all in one callback on the loop.
-    read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(READ_BUFFER_SIZE)))
+
+
+_read_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def read_buffer_for(loop: asyncio.AbstractEventLoop) -> memoryview:
+    """Where every connection of ``loop`` reads into.
+
+    One buffer serves them all: the transport fills it and calls
+    ``buffer_updated``, which copies the bytes out before returning, all in
+    one callback on the loop, so no two reads ever share it at once.
+    """
+    buffer = _read_buffers.get(loop)
+    if buffer is None:
+        buffer = _read_buffers[loop] = memoryview(bytearray(READ_BUFFER_SIZE))
+    return buffer
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -145,6 +168,7 @@ class Connection(asyncio.BufferedProtocol):
         "_messages",
         "_on_close",
         "_pings",
+        "_read_buffer",
         "_reading_paused",
         "_send_busy",
         "_write_handle",
@@ -180,6 +204,7 @@ class Connection(asyncio.BufferedProtocol):
         self.settings = settings
         self.loop = loop
         self.crossing = crossing_for(loop)  # how other threads reach this connection
+        self._read_buffer = read_buffer_for(loop)
         self.request = request
         self.response: Any = None  # the 101 of a client connection
         self._handshake: asyncio.Future[Any] | None = None  # a client's pending handshake
@@ -254,10 +279,10 @@ class Connection(asyncio.BufferedProtocol):
     # Reading ----------------------------------------------------------------
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.settings.read_buffer
+        return self._read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.settings.read_buffer[:nbytes])  # type: ignore[arg-type]
+        self.data_received(self._read_buffer[:nbytes])  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         protocol = self.protocol

@@ -101,10 +101,10 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self._set_timer(min(config.WEBSOCKET_TIMEOUT, config.REQUEST_TIMEOUT))
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.server.settings.read_buffer
+        return self.server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.server.settings.read_buffer[:nbytes])  # type: ignore[arg-type]
+        self.data_received(self.server.read_buffer[:nbytes])  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         if self._idle:

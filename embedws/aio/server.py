@@ -36,7 +36,7 @@ from ..response import HTTPResponse
 from ..routing import Route, Router
 from ..security import is_loopback_address
 from ..tls import SSLArg, server_context
-from .connection import Connection, Settings, Websocket, protocol_logger
+from .connection import Connection, Settings, Websocket, protocol_logger, read_buffer_for
 from .http import HTTPConnection
 from .runner import HandlerRunner
 
@@ -94,6 +94,7 @@ class Server:
             max_queue=config.WEBSOCKET_MAX_QUEUE,
             write_timeout=config.WEBSOCKET_WRITE_TIMEOUT,
         )
+        self.read_buffer = read_buffer_for(loop)
         self.tls = False
         self.loopback_only = True
         self.named_hosts: frozenset[str] = frozenset()
