@@ -497,3 +497,36 @@ def test_a_blocking_connect_on_the_loop_thread_raises() -> None:
     with serving(app) as server, server.connect("/") as ws:
         assert ws.recv(timeout=5) == "done"
     assert errors and "event loop thread" in errors[0]
+
+
+def test_the_interpreter_exits_promptly_with_a_client_and_a_server_still_open() -> None:
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = textwrap.dedent(
+        """
+        import embedws
+
+        app = embedws.App("left-open")
+
+        @app.websocket("/")
+        def echo(request, ws):
+            for message in ws:
+                ws.send(message)
+
+        server = app.start(port=0)
+        ws = server.connect("/").open()
+        ws.send("hi")
+        print(ws.recv(timeout=5), flush=True)
+        # neither ws.close() nor server.stop(): the program just ends
+        """
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.stdout.strip() == "hi", result.stderr
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 10
