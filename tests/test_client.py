@@ -360,6 +360,19 @@ def proxy_server(scheme: str, auth: str | None = None) -> Iterator[int]:
 
     def run() -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # pproxy calls get_event_loop()
+        # pproxy starts its relay tasks with ensure_future and keeps no
+        # reference: the garbage collector may destroy one mid-transfer
+        # ("Task was destroyed but it is pending!"). Keep them alive.
+        tasks: set[asyncio.Task[Any]] = set()
+
+        def keep(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            return task
+
+        loop.set_task_factory(keep)
         uri = f"{scheme}://127.0.0.1:0" + (f"#{auth}" if auth else "")
         server = loop.run_until_complete(
             pproxy.Server(uri).start_server({"rserver": [], "verbose": lambda *a: None})
