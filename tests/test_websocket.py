@@ -237,9 +237,7 @@ def test_send_iterable_is_one_fragmented_message(remote: Any) -> None:
         assert list(c.recv_streaming()) == [b"a", b"b"]
 
 
-def test_send_async_iterable_is_one_fragmented_message(kind: str) -> None:
-    if kind != "async":
-        pytest.skip("async iterables are for async handlers")
+def test_send_async_iterable_is_one_fragmented_message() -> None:
     app = embedws.App("frag")
     app.add_websocket_route(async_remote, "/remote")
     with serving(app) as server, client(server.url + "/remote") as c:
