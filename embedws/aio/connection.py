@@ -424,13 +424,6 @@ class Connection(asyncio.BufferedProtocol):
             protocol.send_binary(payload)
         self._flush()
 
-    def write_frame(self, frame_bytes: bytes) -> bool:
-        """Write an already serialized data frame (broadcast); False if not open."""
-        if self.protocol.state is not OPEN or self._failed:
-            return False
-        self.transport.write(frame_bytes)
-        return True
-
     def pause_writing(self) -> None:
         self._writing_paused = True
         if self._write_handle is None:
