@@ -82,6 +82,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self._body = bytearray()
         self._busy = False
         self._idle = True  # no byte of the next request has arrived yet
+        self._first_byte = 0.0  # loop time of the first byte of the request being read
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._detached = False
@@ -109,6 +110,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         if self._idle:
             self._idle = False
+            self._first_byte = self.server.loop.time()
             config = self.server.config
             self._set_timer(min(config.WEBSOCKET_TIMEOUT, config.REQUEST_TIMEOUT))
         self._h11.receive_data(data)
@@ -168,7 +170,9 @@ class HTTPConnection(asyncio.BufferedProtocol):
             config=server.config,
         )
         self._body.clear()
-        self._set_timer(server.config.REQUEST_TIMEOUT)
+        # The whole request, counted from its first byte: REQUEST_TIMEOUT.
+        elapsed = server.loop.time() - self._first_byte
+        self._set_timer(max(server.config.REQUEST_TIMEOUT - elapsed, 0))
         # h11 bounds only a head that arrives in pieces; one that arrives whole
         # is measured here.
         head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
