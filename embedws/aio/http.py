@@ -344,6 +344,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self._request = None
         self._busy = False
         self._idle = True
+        self._first_byte = self.server.loop.time()  # for a request already buffered
         self._set_timer(self.server.config.KEEP_ALIVE_TIMEOUT)
         transport.resume_reading()
         self._next_event()
