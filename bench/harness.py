@@ -64,15 +64,41 @@ def _pin_args(cpus: str | None) -> list[str]:
     return ["--cpus", cpus] if cpus is not None else []
 
 
+def _send_command(proc: subprocess.Popen[str], command: dict[str, Any]) -> None:
+    """One JSON command line to a child's stdin."""
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(command) + "\n")
+    proc.stdin.flush()
+
+
+def _read_lines(stream: Any, lines: queue.Queue[str]) -> None:
+    """Every line of ``stream`` into ``lines``, then "" for the end (a thread)."""
+    for line in stream:
+        lines.put(line)
+    lines.put("")
+
+
 class ServerProcess:
-    """One server under test in its own process."""
+    """One server under test in its own process.
+
+    ``script`` is ``servers.py`` unless told otherwise; with ``commands`` the
+    server also takes JSON commands on stdin and answers each with a JSON line
+    (:meth:`command`), after its ``PORT n`` line.
+    """
 
     def __init__(
-        self, kind: str, cpus: str | None, profile: str | None = None, lifetime: float = 900.0
+        self,
+        kind: str,
+        cpus: str | None,
+        profile: str | None = None,
+        lifetime: float = 900.0,
+        *,
+        script: Path = SERVER_SCRIPT,
+        commands: bool = False,
     ) -> None:
         self.kind = kind
         self.stderr_path = Path(tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".log")[1])
-        args = [PYTHON, str(SERVER_SCRIPT), "--kind", kind, "--lifetime", str(lifetime)]
+        args = [PYTHON, str(script), "--kind", kind, "--lifetime", str(lifetime)]
         args += _pin_args(cpus)
         if profile:
             args += ["--profile", profile]
@@ -81,11 +107,30 @@ class ServerProcess:
                 args,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if commands else subprocess.DEVNULL,
                 text=True,
             )
         self.port = self._read_port(timeout=30)
         self.ps = psutil.Process(self.proc.pid)
+        self._replies: queue.Queue[str] = queue.Queue()
+        if commands:
+            threading.Thread(
+                target=_read_lines, args=(self.proc.stdout, self._replies), daemon=True
+            ).start()
+
+    def command(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one command (``commands=True`` servers) and wait ``timeout`` for its reply."""
+        _send_command(self.proc, command)
+        try:
+            line = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(
+                f"{self.kind} server did not answer {command.get('cmd')!r} in {timeout:.0f} s"
+            ) from None
+        if not line:
+            raise RuntimeError(f"{self.kind} server exited: {self.stderr_tail()}")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
 
     def _read_port(self, timeout: float) -> int:
         assert self.proc.stdout is not None
@@ -142,8 +187,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):  # a pipe the dead server left unread
+                    stream.close()
         with contextlib.suppress(OSError):
             if self.stderr_path.stat().st_size == 0:  # keep only logs with something in them
                 self.stderr_path.unlink()
@@ -151,11 +198,24 @@ class ServerProcess:
 
 
 class ClientProcess:
-    """One load-generator process (``loadclient.py``) and its command channel."""
+    """One load-generator process and its command channel.
 
-    def __init__(self, port: int, cpus: str | None, loop: str = "auto") -> None:
+    ``script`` is ``loadclient.py`` unless told otherwise; any such script takes
+    ``--port``, ``--loop`` and ``--cpus`` (then ``args``) and answers each JSON
+    command on stdin with one JSON line on stdout.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        cpus: str | None,
+        loop: str = "auto",
+        *,
+        script: Path = CLIENT_SCRIPT,
+        args: Sequence[str] = (),
+    ) -> None:
         self.proc = subprocess.Popen(
-            [PYTHON, str(CLIENT_SCRIPT), "--port", str(port), "--loop", loop, *_pin_args(cpus)],
+            [PYTHON, str(script), "--port", str(port), "--loop", loop, *_pin_args(cpus), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -164,14 +224,10 @@ class ClientProcess:
         self.ps = psutil.Process(self.proc.pid)
         self._replies: queue.Queue[str] = queue.Queue()
         self._stderr: list[str] = []
-        threading.Thread(target=self._read_stdout, daemon=True).start()
+        threading.Thread(
+            target=_read_lines, args=(self.proc.stdout, self._replies), daemon=True
+        ).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read_stdout(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._replies.put(line)
-        self._replies.put("")
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -179,9 +235,7 @@ class ClientProcess:
             self._stderr.append(line)
 
     def send(self, **command: Any) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(command) + "\n")
-        self.proc.stdin.flush()
+        _send_command(self.proc, command)
 
     def reply(self, timeout: float) -> dict[str, Any]:
         try:
@@ -210,8 +264,19 @@ class ClientProcess:
 class Clients:
     """Several load-generator processes driven as one."""
 
-    def __init__(self, port: int, count: int, cpus: str | None, loop: str = "auto") -> None:
-        self.procs = [ClientProcess(port, cpus, loop) for _ in range(count)]
+    def __init__(
+        self,
+        port: int,
+        count: int,
+        cpus: str | None,
+        loop: str = "auto",
+        *,
+        script: Path = CLIENT_SCRIPT,
+        args: Sequence[str] = (),
+    ) -> None:
+        self.procs = [
+            ClientProcess(port, cpus, loop, script=script, args=args) for _ in range(count)
+        ]
 
     def command(self, timeout: float, per_client: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for proc, command in zip(self.procs, per_client, strict=True):
@@ -263,6 +328,9 @@ class Clients:
         }
         if latency:
             merged["latencies_ns"] = [ns for r in replies for ns in r["latencies_ns"]]
+        if all("own" in r for r in replies):
+            # Counters a client keeps of itself (its CPU over exactly the round trips).
+            merged["own"] = {key: sum(r["own"][key] for r in replies) for key in replies[0]["own"]}
         return merged
 
     def close(self, timeout: float = 60.0) -> dict[str, Any]:
@@ -467,6 +535,8 @@ def measure(
         "errors": result["errors"],
         "closed": result["closed"],
     }
+    if "own" in result:
+        measured["client_own"] = result["own"]
     if latency:
         measured["latencies_ns"] = sorted(result["latencies_ns"])
         measured["p50_us"] = percentile(measured["latencies_ns"], 0.50) / 1000

@@ -46,6 +46,7 @@ _WAITS = (
     "<method 'poll' of 'select.epoll' objects>",
     "<method 'get' of '_queue.SimpleQueue' objects>",
     "<built-in method time.sleep>",
+    "<method 'readline' of '_io.TextIOWrapper' objects>",  # a worker waiting for commands
 )
 
 

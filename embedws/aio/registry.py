@@ -173,16 +173,18 @@ def write_to_all(conns: list[Connection], is_text: bool, payload: bytes | Fragme
         if protocol.state is not OPEN or conn.lost or conn._failed:
             continue
         transport = conn.transport
-        limit = conn.settings.write_limit
-        if transport.get_write_buffer_size() > limit * OVERFLOW_FACTOR:
-            logger.warning(
-                "dropping %s: %d bytes wait to be sent to it (a slow reader)",
-                conn.remote_address,
-                transport.get_write_buffer_size(),
-            )
-            conn.fail(1011, "send buffer overflow")
-            conn.abort()
-            continue
+        # Only a paused transport (above its high-water mark) can be that full.
+        if conn.writing_paused:
+            backlog = transport.get_write_buffer_size()
+            if backlog > conn.settings.write_limit * OVERFLOW_FACTOR:
+                logger.warning(
+                    "dropping %s: %d bytes wait to be sent to it (a slow reader)",
+                    conn.remote_address,
+                    backlog,
+                )
+                conn.fail(1011, "send buffer overflow")
+                conn.abort()
+                continue
         if protocol.extensions or protocol.side is not SERVER or protocol.expect_continuation_frame:
             conn.write_message(is_text, payload)  # its own frames: compressed or masked
             continue
