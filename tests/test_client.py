@@ -10,6 +10,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -543,3 +544,42 @@ def test_the_interpreter_exits_promptly_with_a_client_and_a_server_still_open() 
     assert result.stdout.strip() == "hi", result.stderr
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 10
+
+
+def test_sync_client_writes_keep_their_order_when_the_socket_fills_up() -> None:
+    """Direct writes from the calling thread hand their rest to the loop, in order."""
+    app = embedws.App("full-socket", config={"WEBSOCKET_MAX_SIZE": 2**20})
+    release = threading.Event()
+    got: list[int] = []
+
+    @app.websocket("/")
+    def slow_reader(request: Any, ws: Any) -> None:
+        release.wait(10)  # the client's writes pile up in the kernel meanwhile
+        for _ in range(400):
+            got.append(int(ws.recv(timeout=10)[:6]))
+        ws.send("all read")
+
+    with serving(app) as server, server.connect("/", compression=None) as ws:
+        senders = [
+            threading.Thread(
+                target=lambda start=start: [
+                    ws.send(f"{n:06d}" + "x" * 65536) for n in range(start, 400, 4)
+                ]
+            )
+            for start in range(4)
+        ]
+        for thread in senders:
+            thread.start()
+        # Until the socket is full and writes queue up in the transport.
+        deadline = time.monotonic() + 10
+        while not ws.connection.writing_paused and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert ws.connection.writing_paused
+        release.set()
+        for thread in senders:
+            thread.join(20)
+        assert ws.recv(timeout=20) == "all read"
+    assert sorted(got) == list(range(400))
+    for start in range(4):  # each thread's messages in the order it sent them
+        mine = [n for n in got if n % 4 == start]
+        assert mine == sorted(mine)

@@ -113,7 +113,9 @@ def _parse(uri: str) -> WebSocketURI:
         raise InvalidURI(f"{uri!r} is not a ws:// or wss:// URI: {exc}") from exc
 
 
-async def open_connection(uri: str, options: ClientOptions) -> Websocket:
+async def open_connection(
+    uri: str, options: ClientOptions, *, connection_class: type[Websocket] = Websocket
+) -> Websocket:
     """Connect, following redirects, within ``open_timeout``; return an open websocket.
 
     Raises:
@@ -123,7 +125,7 @@ async def open_connection(uri: str, options: ClientOptions) -> Websocket:
         async with asyncio.timeout(options.open_timeout):
             for _ in range(MAX_REDIRECTS + 1):
                 ws_uri = _parse(uri)
-                conn, location = await _attempt(ws_uri, options)
+                conn, location = await _attempt(ws_uri, options, connection_class)
                 if conn is not None:
                     return conn
                 assert location is not None
@@ -144,7 +146,7 @@ async def open_connection(uri: str, options: ClientOptions) -> Websocket:
 
 
 async def _attempt(
-    ws_uri: WebSocketURI, options: ClientOptions
+    ws_uri: WebSocketURI, options: ClientOptions, connection_class: type[Websocket]
 ) -> tuple[Websocket | None, str | None]:
     """One connection attempt: the open websocket, or a redirect's Location."""
     loop = asyncio.get_running_loop()
@@ -157,7 +159,7 @@ async def _attempt(
         logger=protocol_logger,
         state=CONNECTING,
     )
-    conn = Websocket(protocol, options.settings, loop, conn_id=next(_client_ids))
+    conn = connection_class(protocol, options.settings, loop, conn_id=next(_client_ids))
     handshake = conn.expect_handshake()
     try:
         await _open_transport(conn, ws_uri, options)

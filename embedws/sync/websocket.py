@@ -34,7 +34,7 @@ class Websocket:
     concurrent one raises :class:`~embedws.errors.ConcurrencyError`.
     """
 
-    __slots__ = ("_conn", "_gate", "_inbox", "_loop_ident", "_recv_lock")
+    __slots__ = ("_conn", "_direct", "_gate", "_inbox", "_loop_ident", "_recv_lock")
 
     def __init__(self, conn: Connection, loop_ident: int) -> None:
         self._conn = conn
@@ -42,6 +42,7 @@ class Websocket:
         self._gate = SendGate(conn.settings.write_limit)
         self._inbox = Inbox(conn, self._gate)
         self._recv_lock = threading.Lock()  # held by the one caller inside recv()
+        self._direct: Any = None  # a client's direct-write connection (sync/client.py)
         conn.set_consumer(self._inbox)
         conn.facade = self
 
@@ -64,10 +65,15 @@ class Websocket:
         if threading.get_ident() == self._loop_ident:
             self._send_on_loop(is_text, payload)
             return
+        direct = self._direct
+        if direct is not None and direct.try_send(is_text, payload):
+            return
         size = sum(map(len, payload)) if type(payload) is Fragments else len(payload)
         if not self._gate.acquire(size, conn.settings.write_timeout):
             self._call_soon(conn.fail, 1011, "write timeout")
             self._raise_closed()
+        if direct is not None:
+            direct.queued_write()  # later direct writes wait for this one
         try:
             conn.crossing.call(write_from_thread, conn, is_text, payload, self._gate, size)
         except RuntimeError:  # the loop is gone
