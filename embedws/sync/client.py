@@ -36,7 +36,7 @@ from .greenlets import sleep
 from .loop import LoopThread
 from .websocket import Websocket
 
-__all__ = ["ClientWebsocket", "Connect", "connect"]
+__all__ = ["ClientWebsocket", "Connect", "DirectWriteConnection", "connect"]
 
 
 class DirectWriteConnection(AioWebsocket):
