@@ -321,6 +321,45 @@ def test_iteration_ends_quietly_when_the_client_closes(kind: str) -> None:
     assert seen == ["a", b"b", ("code", 4000, "bye")]
 
 
+def test_bursts_on_many_connections_arrive_whole_and_in_order_before_the_close(
+    kind: str,
+) -> None:
+    # Thread-mode handlers get their messages in batches handed over at the end
+    # of each loop pass: nothing may be lost, reordered or overtaken by the close.
+    connections, count = 20, 300
+    seen: dict[str, list[Any]] = {}
+    done = threading.Semaphore(0)
+
+    def handler(request: Any, ws: Any) -> None:
+        got = seen[request.args.get("n")] = []
+        for message in ws:
+            got.append(message)
+        got.append(ws.close_code)
+        done.release()
+
+    async def ahandler(request: Any, ws: Any) -> None:
+        got = seen[request.args.get("n")] = []
+        async for message in ws:
+            got.append(message)
+        got.append(ws.close_code)
+        done.release()
+
+    app = embedws.App("bursts")
+    add_handler(app, "/", kind, handler, ahandler)
+    with serving(app) as server:
+        peers = [client(f"{server.url}/?n={n}") for n in range(connections)]
+        for peer in peers:
+            for i in range(count):
+                peer.send(str(i))
+        for peer in peers:
+            peer.close(4001)
+        for _ in range(connections):
+            assert done.acquire(timeout=10)
+    expected = [str(i) for i in range(count)] + [4001]
+    assert sorted(seen) == sorted(str(n) for n in range(connections))
+    assert all(got == expected for got in seen.values())
+
+
 # ping / pong ----------------------------------------------------------------
 
 

@@ -43,8 +43,10 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
+import selectors
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar, cast
 
@@ -59,6 +61,7 @@ __all__ = [
     "LoopThread",
     "PingWaiter",
     "SendGate",
+    "WakeBatch",
     "check_can_block",
     "run_on_loop",
     "write_from_thread",
@@ -85,7 +88,7 @@ class LoopThread:
     def __init__(self) -> None:
         self._users = 0
         self._ready = threading.Event()
-        self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
+        self.loop: asyncio.AbstractEventLoop = _new_loop()
         self.ident = 0
         self._logging = _QueueLogging()
         self._thread = threading.Thread(target=self._run, name="embedws-loop", daemon=True)
@@ -221,6 +224,65 @@ def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
     logger.error("%s", context.get("message", "error in the event loop"), exc_info=exc)
 
 
+class WakeBatch:
+    """Holds back the wake-ups of handler threads until the loop ends its pass.
+
+    Each ``SimpleQueue.put`` wakes the thread blocked on it, which then fights
+    the loop for the GIL while the loop is still reading other sockets: on a
+    busy server, a context switch or two per message. Messages for handler
+    threads are held instead, and handed over together just before the loop
+    waits for I/O again (the loop thread's selector calls :meth:`flush`), so a
+    message is never delayed past the pass that read it.
+
+    Thread contract: the loop thread only.
+    """
+
+    __slots__ = ("__weakref__", "_held")
+
+    def __init__(self) -> None:
+        self._held: list[tuple[Inbox, str | bytes]] = []
+
+    def hold(self, inbox: Inbox, message: str | bytes) -> None:
+        self._held.append((inbox, message))
+
+    def flush(self) -> None:
+        """Deliver everything held, in order."""
+        held = self._held
+        if held:
+            self._held = []
+            for inbox, message in held:
+                inbox._deferred -= 1
+                inbox._queue.put(message)
+
+
+class _FlushingSelector(selectors.DefaultSelector):
+    """The loop thread's selector: flushes the wake batch before each wait."""
+
+    def __init__(self, wakes: WakeBatch) -> None:
+        super().__init__()
+        self._wakes = wakes
+
+    def select(self, timeout: float | None = None) -> Any:
+        self._wakes.flush()
+        return super().select(timeout)
+
+
+# Only loops of our own loop threads batch; on a loop we do not drive (an
+# application's, under aio.serve) messages go to threads at once.
+_wake_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WakeBatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    if type(asyncio.get_event_loop_policy()) is not asyncio.DefaultEventLoopPolicy:
+        return asyncio.new_event_loop()  # an installed policy (uvloop, ...) decides
+    wakes = WakeBatch()
+    loop = asyncio.SelectorEventLoop(_FlushingSelector(wakes))
+    _wake_batches[loop] = wakes
+    return loop
+
+
 class Inbox:
     """Messages from the loop to the threads (or greenlet) calling ``recv``.
 
@@ -228,11 +290,23 @@ class Inbox:
     ``get`` from any thread, one reader at a time (the websocket enforces it).
     """
 
-    __slots__ = ("_closed_event", "_conn", "_gate", "_queue", "closed", "parked", "watchers")
+    __slots__ = (
+        "_closed_event",
+        "_conn",
+        "_deferred",
+        "_gate",
+        "_queue",
+        "_wakes",
+        "closed",
+        "parked",
+        "watchers",
+    )
 
-    def __init__(self, conn: Connection, gate: SendGate) -> None:
+    def __init__(self, conn: Connection, gate: SendGate, *, batch_wakes: bool = False) -> None:
         self._conn = conn
         self._gate = gate
+        self._wakes = _wake_batches.get(conn.loop) if batch_wakes else None
+        self._deferred = 0  # messages of this inbox held in the wake batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.closed = False
         # Made only when a thread waits for the close: an Event costs about a
@@ -244,12 +318,20 @@ class Inbox:
     # Loop side (the Consumer protocol of aio.connection) -------------------------
 
     def put(self, message: str | bytes) -> int:
+        wakes = self._wakes
+        if wakes is not None:
+            self._deferred += 1
+            wakes.hold(self, message)
+            return self._queue.qsize() + self._deferred
         self._queue.put(message)
         if self.parked is not None:
             self._wake_parked()
         return self._queue.qsize()
 
     def close(self) -> None:
+        if self._deferred:
+            assert self._wakes is not None
+            self._wakes.flush()  # the messages first, and never lost to a stopping loop
         self._queue.put(_CLOSED)
         self.closed = True
         event = self._closed_event
@@ -271,7 +353,7 @@ class Inbox:
             self._conn.loop.call_soon(watcher.switch)
 
     def pending(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + self._deferred
 
     def _wake_parked(self) -> None:
         parked, self.parked = self.parked, None

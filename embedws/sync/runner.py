@@ -198,9 +198,9 @@ class ThreadRunner:
         handler: Callable[..., Any],
         params: dict[str, Any],
     ) -> None:
-        job = _HandlerJob(
-            handler, request, Websocket(conn, self._loop_ident), params, self._running
-        )
+        # Built on the loop thread, where its wake batch lives.
+        ws = Websocket(conn, self._loop_ident, batch_wakes=True)
+        job = _HandlerJob(handler, request, ws, params, self._running)
         if not self._pool.try_submit(job):
             conn.start_close(1013, "try again later")
             return

@@ -36,11 +36,11 @@ class Websocket:
 
     __slots__ = ("_conn", "_direct", "_gate", "_inbox", "_loop_ident", "_recv_lock")
 
-    def __init__(self, conn: Connection, loop_ident: int) -> None:
+    def __init__(self, conn: Connection, loop_ident: int, *, batch_wakes: bool = False) -> None:
         self._conn = conn
         self._loop_ident = loop_ident
         self._gate = SendGate(conn.settings.write_limit)
-        self._inbox = Inbox(conn, self._gate)
+        self._inbox = Inbox(conn, self._gate, batch_wakes=batch_wakes)
         self._recv_lock = threading.Lock()  # held by the one caller inside recv()
         self._direct: Any = None  # a client's direct-write connection (sync/client.py)
         conn.set_consumer(self._inbox)
