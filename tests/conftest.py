@@ -74,10 +74,28 @@ def client(url: str, **kwargs: Any) -> ClientConnection:
     return connection
 
 
-def raw_http(port: int, data: bytes, *, timeout: float = 5.0, read_all: bool = True) -> bytes:
-    """Send raw bytes to the server and return everything it answers until it closes."""
+def raw_http(
+    port: int,
+    data: bytes,
+    *,
+    timeout: float = 5.0,
+    read_all: bool = True,
+    half_close: bool = False,
+) -> bytes:
+    """Send raw bytes to the server and return everything it answers until it closes.
+
+    ``half_close`` ends the sending side after ``data`` (the server sees EOF);
+    a server that answered and closed before taking all of ``data`` is no error then.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
+        if half_close:
+            try:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        else:
+            sock.sendall(data)
         chunks = []
         while True:
             try:

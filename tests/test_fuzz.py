@@ -4,7 +4,6 @@ assembler under random fragmentation, and the encodings of ``send``."""
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +17,7 @@ from embedws.errors import MethodNotAllowed, NotFound
 from embedws.message import Fragments, encode_message
 from embedws.routing import Route, Router
 
-from .conftest import RawClient, echo_handlers, serving
+from .conftest import RawClient, echo_handlers, raw_http, serving
 
 FUZZ = settings(
     max_examples=150,
@@ -91,22 +90,7 @@ def server() -> Iterator[Any]:
 
 
 def exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the server may have answered and closed already
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except (ConnectionResetError, TimeoutError):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+    return raw_http(port, data, half_close=True)
 
 
 token = st.text(st.sampled_from("abcXYZ-_09/%?&=."), max_size=30)

@@ -408,9 +408,17 @@ class Connection(asyncio.BufferedProtocol):
         Raises:
             WebsocketClosed: the connection is not open.
         """
-        protocol = self.protocol
-        if protocol.state is not OPEN or self._failed:
+        if self.protocol.state is not OPEN or self._failed:
             raise self.close_exc()
+        self.frame_message(is_text, payload)
+        self._flush()
+
+    def frame_message(self, is_text: bool, payload: bytes | Fragments) -> None:
+        """Queue one message's frames in the protocol (the caller sends them).
+
+        Thread contract: on the loop, or under a lock shared with the loop's writes.
+        """
+        protocol = self.protocol
         if isinstance(payload, Fragments):
             if not payload:
                 return
@@ -422,7 +430,6 @@ class Connection(asyncio.BufferedProtocol):
             protocol.send_text(payload)
         else:
             protocol.send_binary(payload)
-        self._flush()
 
     def pause_writing(self) -> None:
         self._writing_paused = True

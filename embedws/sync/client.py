@@ -79,20 +79,9 @@ class DirectWriteConnection(AioWebsocket):
                 or self.transport.get_write_buffer_size()
             ):
                 return False
-            protocol = self.protocol
-            if isinstance(payload, Fragments):
-                if not payload:
-                    return True
-                first = protocol.send_text if is_text else protocol.send_binary
-                first(payload[0], fin=len(payload) == 1)
-                for index in range(1, len(payload)):
-                    protocol.send_continuation(payload[index], fin=index == len(payload) - 1)
-            elif is_text:
-                protocol.send_text(payload)
-            else:
-                protocol.send_binary(payload)
+            self.frame_message(is_text, payload)
             rest = b""
-            for data in protocol.data_to_send():  # data frames only: no end of stream here
+            for data in self.protocol.data_to_send():  # data frames only: no end of stream here
                 if rest:
                     rest += data
                     continue
