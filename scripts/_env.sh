@@ -13,18 +13,23 @@ case "$PYVER" in
     *) echo "error: embedws needs Python 3.11 or newer; $PYTHON is $PYVER" >&2; exit 1 ;;
 esac
 VENV="${VENV:-$ROOT/.venv-$PYVER}"
-EXTRAS="${EXTRAS:-dev}"
+EXTRAS="${EXTRAS-dev}"  # empty: embedws alone
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 STAMP="$VENV/.embedws-installed"
-WANT="$(cat "$ROOT/pyproject.toml" | sha1sum | cut -c1-16)-$EXTRAS"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+HASH="$(sha1sum < "$ROOT/pyproject.toml" | cut -c1-16)"
+WANT="$HASH-$EXTRAS"
+HAVE="$(cat "$STAMP" 2>/dev/null || true)"
+# Any install of this pyproject.toml has what embedws alone needs.
+if [ "$HAVE" != "$WANT" ] && { [ -n "$EXTRAS" ] || [ "${HAVE%%-*}" != "$HASH" ]; }; then
+    TARGET="$ROOT"
+    if [ -n "$EXTRAS" ]; then TARGET="$ROOT[$EXTRAS]"; fi
     # The filter drops pip's noise about package folders this machine lists but
     # lacks; with pipefail, a failing pip still fails the script.
     quiet() { { grep -v "^WARNING: Location" || true; } >&2; }
     "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | quiet
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]" 2>&1 | quiet
+    "$VENV/bin/python" -m pip install --quiet -e "$TARGET" 2>&1 | quiet
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
