@@ -15,45 +15,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from broadcast_server import KINDS, TRIGGERS
-from harness import (
-    HERE,
-    NOISE_LIMIT,
-    Clients,
-    Issues,
-    Placement,
-    ServerProcess,
-    Window,
-    add_client_loop_option,
-    background_load,
-    describe_environment,
-    environment,
-    fmt_ratio,
-    fmt_size,
-    median,
-    percentile,
-    ratio,
-    spread,
-    table,
-    verdict,
-    write_json,
-)
-from profile_echo import py_spy_top
+import harness
+from broadcast_server import HEADER, KINDS, TRIGGERS
 
 REFERENCE = "websockets-asyncio"
 GOAL_LATENCY = 1.0  # embedws last-client latency (p50 and p99), times websockets'
 GOAL_CPU = 1.0  # embedws server CPU per broadcast, times websockets'
-_CONNECTIONS_PER_CLIENT = 10_000  # well under the 20,000 open files a process may have
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,52 +62,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="missed",
         help="py-spy the embedws server of each variant that missed a goal (or all, or none)",
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin server and clients")
-    add_client_loop_option(parser)
-    parser.add_argument("--quick", action="store_true", help="short smoke run (~30 s)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    harness.add_run_options(parser, "short smoke run (~30 s)")
     args = parser.parse_args(argv)
     if args.quick:
         args.count, args.repeat, args.warmup, args.idle = 40, 2, 3, 0.5
-    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    args.triggers = [t.strip() for t in args.triggers.split(",") if t.strip()]
-    for name, given, known in (("kinds", args.kinds, KINDS), ("triggers", args.triggers, TRIGGERS)):
-        unknown = set(given) - set(known)
-        if unknown:
-            parser.error(f"unknown {name} {sorted(unknown)}; choose from {', '.join(known)}")
-    if args.size < len("0000000000 0000000000000000000 "):
-        parser.error("--size must hold the sequence number and the timestamp (31 bytes)")
+    args.kinds = harness.parse_names(parser, "kinds", args.kinds, KINDS)
+    args.triggers = harness.parse_names(parser, "triggers", args.triggers, TRIGGERS)
+    if args.size < HEADER:
+        parser.error(f"--size must hold the sequence number and the timestamp ({HEADER} bytes)")
     if not args.clients:
-        args.clients = max(1, math.ceil(args.connections / _CONNECTIONS_PER_CLIENT))
+        args.clients = harness.client_processes(args.connections)
     return args
 
 
-@contextmanager
-def servers(
-    kinds: Sequence[str], placement: Placement, args: argparse.Namespace
-) -> Iterator[dict[str, tuple[ServerProcess, Clients]]]:
-    """Every broadcast server at once, each with its receiver processes."""
-    with ExitStack() as stack:
-        fleet: dict[str, tuple[ServerProcess, Clients]] = {}
-        for kind in kinds:
-            server = ServerProcess(
-                kind, placement.server, script=HERE / "broadcast_server.py", commands=True
-            )
-            stack.callback(server.stop)
-            clients = Clients(
-                server.port,
-                args.clients,
-                placement.client,
-                args.client_loop,
-                script=HERE / "broadcast_client.py",
-            )
-            stack.callback(clients.stop)
-            fleet[kind] = (server, clients)
-        yield fleet
-
-
 def broadcast(
-    server: ServerProcess, clients: Clients, args: argparse.Namespace, count: int, trigger: str
+    server: harness.ServerProcess,
+    clients: harness.Clients,
+    args: argparse.Namespace,
+    count: int,
+    trigger: str,
 ) -> dict[str, Any]:
     """``count`` broadcasts, then what every receiver saw of them, merged."""
     sent = server.command(
@@ -170,7 +116,7 @@ def broadcast(
     }
 
 
-def check(label: str, result: dict[str, Any], expected: int, issues: Issues) -> None:
+def check(label: str, result: dict[str, Any], expected: int, issues: harness.Issues) -> None:
     """Every broadcast reached every client, once, and nothing else came."""
     short = [n for n in result["received"] if n != expected]
     if short:
@@ -189,11 +135,11 @@ def check(label: str, result: dict[str, Any], expected: int, issues: Issues) -> 
 
 
 def measure_window(
-    server: ServerProcess,
-    clients: Clients,
+    server: harness.ServerProcess,
+    clients: harness.Clients,
     args: argparse.Namespace,
     trigger: str,
-    issues: Issues,
+    issues: harness.Issues,
     label: str,
     expected: int,
 ) -> dict[str, Any]:
@@ -205,7 +151,7 @@ def measure_window(
             expected,
             issues,
         )
-    window = Window()
+    window = harness.Window()
     window.start(server, clients)
     result = broadcast(server, clients, args, args.count, trigger)
     window.stop(server, clients)
@@ -220,17 +166,19 @@ def measure_window(
         "server_us": window.server_cpu / args.count * 1e6,
         "sys_us": window.server_system / args.count * 1e6,
         "client_us": window.client_cpu / args.count * 1e6,
-        "last_p50_ms": percentile(sorted(result["last_ns"]), 0.50) / 1e6,
-        "last_p99_ms": percentile(sorted(result["last_ns"]), 0.99) / 1e6,
+        "last_p50_ms": harness.percentile(sorted(result["last_ns"]), 0.50) / 1e6,
+        "last_p99_ms": harness.percentile(sorted(result["last_ns"]), 0.99) / 1e6,
         "last_ns": result["last_ns"],
         "first_ns": result["first_ns"],
         "call_ns": result["call_ns"],
     }
 
 
-def idle_cpu(server: ServerProcess, clients: Clients, seconds: float, issues: Issues) -> float:
+def idle_cpu(
+    server: harness.ServerProcess, clients: harness.Clients, seconds: float, issues: harness.Issues
+) -> float:
     """The server's CPU use, in cores, with every client connected and no broadcast."""
-    window = Window()
+    window = harness.Window()
     window.start(server, clients)
     time.sleep(seconds)
     window.stop(server, clients)
@@ -247,19 +195,19 @@ def summarize(windows: list[dict[str, Any]], interval: float) -> dict[str, Any]:
     server_us = [w["server_us"] for w in windows]
     return {
         "broadcasts": len(last),
-        "server_us": median(server_us),
-        "sys_us": median([w["sys_us"] for w in windows]),
-        "spread": spread(server_us),
-        "client_us": median([w["client_us"] for w in windows]),
+        "server_us": harness.median(server_us),
+        "sys_us": harness.median([w["sys_us"] for w in windows]),
+        "spread": harness.spread(server_us),
+        "client_us": harness.median([w["client_us"] for w in windows]),
         "server_util": sum(w["server_cpu_s"] for w in windows) / wall,
         "client_util": sum(w["client_cpu_s"] for w in windows) / wall,
         "other_load": max(w["other_load"] for w in windows),
-        "first_p50_ms": percentile(first, 0.50) / 1e6,
-        "last_p50_ms": percentile(last, 0.50) / 1e6,
-        "last_p99_ms": percentile(last, 0.99) / 1e6,
+        "first_p50_ms": harness.percentile(first, 0.50) / 1e6,
+        "last_p50_ms": harness.percentile(last, 0.50) / 1e6,
+        "last_p99_ms": harness.percentile(last, 0.99) / 1e6,
         "last_max_ms": (last[-1] / 1e6) if last else math.nan,
-        "call_p50_us": percentile(calls, 0.50) / 1e3,
-        "call_p99_us": percentile(calls, 0.99) / 1e3,
+        "call_p50_us": harness.percentile(calls, 0.50) / 1e3,
+        "call_p99_us": harness.percentile(calls, 0.99) / 1e3,
         # A broadcast still arriving when the next one starts: their latencies mix.
         "overlapping": sum(1 for ns in last if ns > interval * 1e9),
         "windows": windows,
@@ -267,88 +215,72 @@ def summarize(windows: list[dict[str, Any]], interval: float) -> dict[str, Any]:
 
 
 def profile(
-    server: ServerProcess,
-    clients: Clients,
+    server: harness.ServerProcess,
+    clients: harness.Clients,
     args: argparse.Namespace,
     trigger: str,
-    issues: Issues,
+    issues: harness.Issues,
     expected: int,
     top: int = 25,
 ) -> str:
     """py-spy the server over a window of broadcasts; its top functions."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(exe).exists():
-        return "py-spy is not installed: pip install py-spy"
     count = max(args.count, 100)
-    with tempfile.TemporaryDirectory(prefix="bench-broadcast-") as tmp:
-        raw = Path(tmp) / "profile.txt"
-        # --nonblocking: no pausing of the server; 1000 Hz: the work comes in
-        # short bursts, one per broadcast, and only busy samples are kept.
-        spy = subprocess.Popen(
-            [
-                exe,
-                "record",
-                "--pid",
-                str(server.proc.pid),
-                "--format",
-                "raw",
-                "--rate",
-                "1000",
-                "--duration",
-                str(math.ceil(count * args.interval) + 2),
-                "--output",
-                str(raw),
-                "--nonblocking",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        time.sleep(1.0)  # py-spy attaches
+
+    def work() -> None:
         result = broadcast(server, clients, args, count, trigger)
         check(f"{server.kind} {trigger} profile", result, expected, issues)
-        try:
-            _, err = spy.communicate(timeout=count * args.interval + 60)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            return "py-spy did not finish"
-        if not raw.exists():
-            return f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}"
-        return py_spy_top(raw, top)
+
+    with tempfile.TemporaryDirectory(prefix="bench-broadcast-") as tmp:
+        # 1000 Hz: the work comes in short bursts, one per broadcast, and only
+        # busy samples are kept.
+        return harness.py_spy_during(
+            server.proc.pid,
+            Path(tmp) / "profile.txt",
+            work,
+            rate=1000,
+            duration=math.ceil(count * args.interval) + 2,
+            attach=1.0,
+            timeout=count * args.interval + 60,
+            top=top,
+        )
 
 
 def measure_all(
-    args: argparse.Namespace, placement: Placement, issues: Issues
+    args: argparse.Namespace, placement: harness.Placement, issues: harness.Issues
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """All servers at once; rounds that visit every (server, trigger) in turn."""
     rows: list[dict[str, Any]] = []
     profiles: dict[str, str] = {}
-    with servers(args.kinds, placement, args) as fleet:
+    with harness.fleet(
+        args.kinds,
+        placement,
+        args.clients,
+        args.client_loop,
+        server_script=harness.HERE / "broadcast_server.py",
+        client_script=harness.HERE / "broadcast_client.py",
+        commands=True,
+    ) as servers:
         opened: dict[str, int] = {}
         idle: dict[str, float] = {}
-        for kind, (server, clients) in fleet.items():
+        for kind, (server, clients) in servers.items():
             result = clients.open(args.connections)
-            if result["failed"]:
-                issues.add(
-                    f"{kind}: {result['failed']} connections failed: {result['first_error']!r}"
-                )
+            issues.check_open(kind, result)
             members = server.command(
                 {"cmd": "wait", "n": result["open"], "timeout": 30.0}, timeout=60
             )["members"]
             if members != result["open"]:
                 issues.add(f"{kind}: {members} clients in the group, {result['open']} connected")
             opened[kind] = result["open"]
-            print(
+            harness.progress(
                 f"  {kind:<20} {opened[kind]} clients connected in {result['seconds']:.1f} s",
-                file=sys.stderr,
-                flush=True,
             )
-        for kind, (server, clients) in fleet.items():
+        for kind, (server, clients) in servers.items():
             idle[kind] = idle_cpu(server, clients, args.idle, issues)
-        variants = [(kind, trigger) for kind in fleet for trigger in args.triggers]
+        variants = [(kind, trigger) for kind in servers for trigger in args.triggers]
         windows: dict[tuple[str, str], list[dict[str, Any]]] = {v: [] for v in variants}
         for _ in range(args.repeat):
             for kind, trigger in variants:
-                server, clients = fleet[kind]
+                server, clients = servers[kind]
                 label = f"{kind} {trigger}"
                 windows[(kind, trigger)].append(
                     measure_window(server, clients, args, trigger, issues, label, opened[kind])
@@ -368,11 +300,9 @@ def measure_all(
                     f"next one started (last client after more than {args.interval * 1e3:g} ms): "
                     "raise --interval"
                 )
-            print(
+            harness.progress(
                 f"  {kind:<20} {trigger:<6}: last client p50 {row['last_p50_ms']:6.2f} ms, "
                 f"p99 {row['last_p99_ms']:6.2f} ms; {row['server_us']:7.0f} µs CPU/broadcast",
-                file=sys.stderr,
-                flush=True,
             )
         goal_rows = goals(rows)
         wanted = {
@@ -382,16 +312,12 @@ def measure_all(
         }
         for kind, trigger in variants:
             if (kind, trigger) in wanted:
-                print(f"  profiling {kind} {trigger}", file=sys.stderr, flush=True)
-                server, clients = fleet[kind]
+                harness.progress(f"  profiling {kind} {trigger}")
+                server, clients = servers[kind]
                 profiles[f"{kind} {trigger}"] = profile(
                     server, clients, args, trigger, issues, opened[kind]
                 )
-        for kind, (server, clients) in fleet.items():
-            closed = clients.close()
-            if closed["aborted"]:
-                issues.add(f"{kind}: {closed['aborted']} connections did not finish the close")
-            issues.check_server(server)
+        harness.close_fleet(servers, issues)
     return rows, profiles
 
 
@@ -438,12 +364,12 @@ def results_table(rows: list[dict[str, Any]]) -> str:
                 f"{row['last_p50_ms']:.2f}",
                 f"{row['last_p99_ms']:.2f}",
                 f"{row['last_max_ms']:.2f}",
-                fmt_ratio(ratio(row["server_us"], ref["server_us"] if ref else None)),
-                fmt_ratio(ratio(row["last_p50_ms"], ref["last_p50_ms"] if ref else None)),
-                fmt_ratio(ratio(row["last_p99_ms"], ref["last_p99_ms"] if ref else None)),
+                harness.vs(row, ref, "server_us"),
+                harness.vs(row, ref, "last_p50_ms"),
+                harness.vs(row, ref, "last_p99_ms"),
             ]
         )
-    return table(headers, out, set(range(2, len(headers))))
+    return harness.table(headers, out, set(range(2, len(headers))))
 
 
 def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -453,94 +379,41 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ref = reference_of(rows, row["trigger"])
         if row["kind"] == REFERENCE or ref is None:
             continue
-        name = f"{row['kind']} {row['trigger']}"
+        against = f"{row['kind']} {row['trigger']} / {REFERENCE} {row['trigger']}"
         checks = (
-            ("last-client latency p50", "last_p50_ms", GOAL_LATENCY),
-            ("last-client latency p99", "last_p99_ms", GOAL_LATENCY),
-            ("server CPU/broadcast", "server_us", GOAL_CPU),
+            (f"last-client latency p50: {against}", "last_p50_ms", GOAL_LATENCY),
+            (f"last-client latency p99: {against}", "last_p99_ms", GOAL_LATENCY),
+            (f"server CPU/broadcast: {against}", "server_us", GOAL_CPU),
         )
-        for what, key, goal in checks:
-            value = ratio(row[key], ref[key])
-            results.append(
-                {
-                    "goal": f"{what}: {name} / {REFERENCE} {row['trigger']}",
-                    "kind": row["kind"],
-                    "trigger": row["trigger"],
-                    "target": f"<= {goal:.2f}x",
-                    "value": value,
-                    "verdict": verdict(value, goal),
-                }
-            )
+        results += harness.ratio_goals(row, ref, checks, kind=row["kind"], trigger=row["trigger"])
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    placement = Placement.choose(not args.no_pin)
-    issues = Issues()
-    started = time.perf_counter()
-    noise = background_load()
-    if noise > NOISE_LIMIT:
-        issues.add(
-            f"other processes keep {noise:.2f} cores busy before the start: expect noisy numbers"
-        )
-    print(
-        f"broadcast: {args.connections} clients per server, {fmt_size(args.size)} text, "
-        f"{placement.describe()}",
-        file=sys.stderr,
+    run = harness.Run.begin(
+        args,
+        f"broadcast: {args.connections} clients per server, {harness.fmt_size(args.size)} text",
     )
-    rows, profiles = measure_all(args, placement, issues)
+    rows, profiles = measure_all(args, run.placement, run.issues)
     goal_rows = goals(rows)
 
-    env = environment()
-    print()
-    print(describe_environment(env))
-    print()
+    run.print_environment()
     print(
-        f"Broadcast: {fmt_size(args.size)} text to {args.connections} clients, one every "
+        f"Broadcast: {harness.fmt_size(args.size)} text to {args.connections} clients, one every "
         f"{args.interval * 1e3:g} ms, {args.count} x{args.repeat} per variant, "
-        f"{placement.describe()}; latency from the call to the last client's reception"
+        f"{run.placement.describe()}; latency from the call to the last client's reception"
     )
     print(results_table(rows))
     print()
-    print("Goals")
-    print(
-        table(
-            ["goal", "target", "measured", "verdict"],
-            [[g["goal"], g["target"], fmt_ratio(g["value"]), g["verdict"]] for g in goal_rows],
-            {2},
-        )
-    )
-    for name, text in profiles.items():
-        print(f"\nProfile: {name} server (py-spy, {args.connections} clients)\n{text}")
-    if issues.summary():
-        print("\nIssues")
-        for item in issues.summary():
-            print(f"- {item}")
-    print(f"\n({time.perf_counter() - started:.0f} s)")
-    write_json(
-        args.json,
-        {
-            "benchmark": "broadcast",
-            "environment": env,
-            "settings": {
-                "kinds": args.kinds,
-                "triggers": args.triggers,
-                "connections": args.connections,
-                "size": args.size,
-                "count": args.count,
-                "interval": args.interval,
-                "warmup": args.warmup,
-                "repeat": args.repeat,
-                "clients": args.clients,
-                "placement": placement.describe(),
-                "client_loop": args.client_loop,
-            },
-            "results": rows,
-            "goals": goal_rows,
-            "profiles": profiles,
-            "issues": issues.summary(),
-        },
+    harness.print_goals(goal_rows)
+    harness.print_profiles(profiles, f"server (py-spy, {args.connections} clients)")
+    run.finish(
+        "broadcast",
+        "kinds triggers connections size count interval warmup repeat clients",
+        results=rows,
+        goals=goal_rows,
+        profiles=profiles,
     )
     return 0
 

@@ -165,6 +165,22 @@ def make_target(kind: str) -> Target:
     return WebsocketsTarget()
 
 
+class Broadcasts:
+    """The broadcasts of one command: their messages, how long each call took, whom it reached."""
+
+    def __init__(self, first: int, count: int, interval: float, size: int) -> None:
+        self.first, self.count, self.interval, self.size = first, count, interval, size
+        self.filler = "x" * max(size - HEADER, 0)
+        self.calls: list[int] = []
+        self.reached: list[int] = []
+
+    def send(self, i: int, send: Callable[[str], int]) -> None:
+        """The ``i``-th broadcast, made with ``send``, timed."""
+        t0 = time.perf_counter_ns()
+        self.reached.append(send(make_message(self.first + i, self.size, self.filler)))
+        self.calls.append(time.perf_counter_ns() - t0)
+
+
 class Broadcaster:
     """Runs the broadcast schedules and numbers the messages."""
 
@@ -173,58 +189,37 @@ class Broadcaster:
         self.next_seq = 0
 
     def run(self, count: int, interval: float, size: int, trigger: str) -> dict[str, Any]:
-        first = self.next_seq
+        broadcasts = Broadcasts(self.next_seq, count, interval, size)
         self.next_seq += count
-        filler = "x" * max(size - HEADER, 0)
-        calls: list[int] = []
-        reached: list[int] = []
         if trigger == "thread":
-            self._on_thread(first, count, interval, size, filler, calls, reached)
+            self._on_thread(broadcasts)
         else:
-            coro = self._on_loop(first, count, interval, size, filler, calls, reached)
-            self.target.run_on_loop(coro, count * interval + 60)
-        return {"first": first, "count": count, "call_ns": calls, "reached": reached}
+            self.target.run_on_loop(self._on_loop(broadcasts), count * interval + 60)
+        return {
+            "first": broadcasts.first,
+            "count": count,
+            "call_ns": broadcasts.calls,
+            "reached": broadcasts.reached,
+        }
 
-    def _on_thread(
-        self,
-        first: int,
-        count: int,
-        interval: float,
-        size: int,
-        filler: str,
-        calls: list[int],
-        reached: list[int],
-    ) -> None:
+    def _on_thread(self, broadcasts: Broadcasts) -> None:
         send = self.target.from_thread
         start = time.perf_counter() + 0.005
-        for i in range(count):
-            delay = start + i * interval - time.perf_counter()
+        for i in range(broadcasts.count):
+            delay = start + i * broadcasts.interval - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            t0 = time.perf_counter_ns()
-            reached.append(send(make_message(first + i, size, filler)))
-            calls.append(time.perf_counter_ns() - t0)
+            broadcasts.send(i, send)
 
-    async def _on_loop(
-        self,
-        first: int,
-        count: int,
-        interval: float,
-        size: int,
-        filler: str,
-        calls: list[int],
-        reached: list[int],
-    ) -> None:
+    async def _on_loop(self, broadcasts: Broadcasts) -> None:
         send = self.target.on_loop
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.005
-        for i in range(count):
-            delay = start + i * interval - loop.time()
+        for i in range(broadcasts.count):
+            delay = start + i * broadcasts.interval - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            t0 = time.perf_counter_ns()
-            reached.append(send(make_message(first + i, size, filler)))
-            calls.append(time.perf_counter_ns() - t0)
+            broadcasts.send(i, send)
 
 
 def wait_members(target: Target, n: int, timeout: float) -> int:

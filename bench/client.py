@@ -14,40 +14,15 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import pstats
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import harness
 from client_worker import SYNC_VARIANTS, VARIANTS
-from harness import (
-    HERE,
-    NOISE_LIMIT,
-    Clients,
-    Issues,
-    Placement,
-    ServerProcess,
-    background_load,
-    describe_environment,
-    environment,
-    fmt_ratio,
-    fmt_size,
-    measure,
-    median,
-    ratio,
-    spread,
-    summarize,
-    table,
-    verdict,
-    write_json,
-)
-from profile_echo import drop_waits, py_spy_top
 from servers import KINDS
 
 REFERENCES = {"embedws-sync": "websockets-sync", "embedws-aio": "websockets-asyncio"}
@@ -99,20 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "py-spy (no overhead, but a thread waiting for the CPU counts as busy)",
     )
     parser.add_argument("--profile-seconds", type=float, default=5.0, help="length of each profile")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin server and clients")
-    parser.add_argument("--quick", action="store_true", help="short smoke run (~30 s)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    harness.add_run_options(parser, "short smoke run (~30 s)", client_loop=False)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.repeat, args.profile_seconds = 0.7, 0.2, 2, 2.0
-    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = set(args.variants) - set(VARIANTS)
-    if unknown:
-        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
-    args.connections = [int(c) for c in args.connections.split(",")]
-    if args.connections != sorted(args.connections):
-        parser.error("--connections must be in increasing order (connections are added)")
-    args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.variants = harness.parse_names(parser, "variants", args.variants, VARIANTS)
+    args.connections = harness.parse_counts(parser, args.connections)
+    args.sizes = harness.parse_ints(args.sizes)
     return args
 
 
@@ -122,18 +90,18 @@ def takes_part(variant: str, connections: int) -> bool:
 
 @contextmanager
 def clients(
-    variants: list[str], port: int, placement: Placement, loop: str
-) -> Iterator[dict[str, Clients]]:
+    variants: list[str], port: int, placement: harness.Placement, loop: str
+) -> Iterator[dict[str, harness.Clients]]:
     """One worker process per client library, all aimed at the same server."""
     with ExitStack() as stack:
-        workers: dict[str, Clients] = {}
+        workers: dict[str, harness.Clients] = {}
         for variant in variants:
-            worker = Clients(
+            worker = harness.Clients(
                 port,
                 1,
                 placement.client,
                 loop,
-                script=HERE / "client_worker.py",
+                script=harness.HERE / "client_worker.py",
                 args=["--variant", variant],
             )
             stack.callback(worker.stop)
@@ -142,12 +110,12 @@ def clients(
 
 
 def measure_all(
-    args: argparse.Namespace, placement: Placement, issues: Issues
+    args: argparse.Namespace, placement: harness.Placement, issues: harness.Issues
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Per connection count and size, rounds that visit every client in turn."""
     rows: list[dict[str, Any]] = []
     profiles: dict[str, str] = {}
-    server = ServerProcess(args.server, placement.server)
+    server = harness.ServerProcess(args.server, placement.server)
     try:
         with clients(args.variants, server.port, placement, args.client_loop) as workers:
             opened = dict.fromkeys(workers, 0)
@@ -155,12 +123,7 @@ def measure_all(
                 present = [v for v in workers if takes_part(v, count)]
                 for variant in present:
                     result = workers[variant].open(count - opened[variant])
-                    opened[variant] = result["open"]
-                    if result["failed"]:
-                        issues.add(
-                            f"{variant}: {result['failed']} connections failed: "
-                            f"{result['first_error']!r}"
-                        )
+                    opened[variant] = issues.check_open(variant, result)
                 for size in args.sizes:
                     windows: dict[str, list[dict[str, Any]]] = {v: [] for v in present}
                     for _ in range(args.repeat):
@@ -172,20 +135,20 @@ def measure_all(
                         row = summarize_client(measured)
                         row.update(variant=variant, connections=opened[variant], size=size)
                         rows.append(row)
-                        print(
-                            f"  {variant:<18} x{count:<3} {fmt_size(size):>6}: "
+                        harness.progress(
+                            f"  {variant:<18} x{count:<3} {harness.fmt_size(size):>6}: "
                             f"{row['client_us']:6.1f} µs CPU/rt, p50 {row['p50_us']:,.0f} µs, "
                             f"p99 {row['p99_us']:,.0f} µs ({row['msg_per_s']:,.0f} rt/s)",
-                            file=sys.stderr,
-                            flush=True,
                         )
                 for goal in goals(rows):
-                    key = f"{goal['variant']} x{goal['connections']} {fmt_size(goal['size'])}"
+                    key = (
+                        f"{goal['variant']} x{goal['connections']} {harness.fmt_size(goal['size'])}"
+                    )
                     wanted = args.profile == "always" or (
                         args.profile == "missed" and goal["verdict"] == "MISSED"
                     )
                     if wanted and goal["connections"] == count and key not in profiles:
-                        print(f"  profiling {key}", file=sys.stderr, flush=True)
+                        harness.progress(f"  profiling {key}")
                         profiles[key] = profile(
                             goal["variant"],
                             count,
@@ -197,9 +160,7 @@ def measure_all(
                             issues,
                         )
             for variant, worker in workers.items():
-                closed = worker.close()
-                if closed["aborted"]:
-                    issues.add(f"{variant}: {closed['aborted']} connections did not close cleanly")
+                issues.check_close(variant, worker.close())
         issues.check_server(server)
     finally:
         server.stop()
@@ -207,21 +168,18 @@ def measure_all(
 
 
 def window(
-    server: ServerProcess,
-    worker: Clients,
+    server: harness.ServerProcess,
+    worker: harness.Clients,
     args: argparse.Namespace,
-    issues: Issues,
+    issues: harness.Issues,
     variant: str,
     count: int,
     size: int,
 ) -> dict[str, Any]:
     """A warm-up, then one measured window of round trips."""
-    label = f"{variant} x{count} {fmt_size(size)}"
-    warm = worker.run(size, args.msg_type, args.warmup)
-    issues.check_run(f"{label} warm-up", warm)
-    measured = measure(
-        server, worker, issues, label, size, args.msg_type, args.seconds, latency=True
-    )
+    label = f"{variant} x{count} {harness.fmt_size(size)}"
+    echo = harness.EchoLoad(size, args.msg_type, args.seconds, latency=True)
+    measured = harness.measure(server, worker, issues, label, echo, args.warmup)
     # The worker's own counts cover exactly its round trips, not the command channel.
     own, messages = measured["client_own"], measured["messages"]
     measured["client_us"] = own["cpu_s"] / messages * 1e6 if messages else math.nan
@@ -233,11 +191,11 @@ def window(
 def summarize_client(windows: list[dict[str, Any]]) -> dict[str, Any]:
     """harness.summarize, plus the client's CPU per round trip (median) and its spread."""
     client_us = [w["client_us"] for w in windows]
-    summary = summarize(windows)
-    summary["client_us"] = median(client_us)
-    summary["client_sys_us"] = median([w["client_sys_us"] for w in windows])
-    summary["switches_per_rt"] = median([w["switches_per_rt"] for w in windows])
-    summary["client_spread"] = spread(client_us)
+    summary = harness.summarize(windows)
+    summary["client_us"] = harness.median(client_us)
+    summary["client_sys_us"] = harness.median([w["client_sys_us"] for w in windows])
+    summary["switches_per_rt"] = harness.median([w["switches_per_rt"] for w in windows])
+    summary["client_spread"] = harness.spread(client_us)
     return summary
 
 
@@ -245,11 +203,11 @@ def profile(
     variant: str,
     count: int,
     size: int,
-    worker: Clients,
-    server: ServerProcess,
-    placement: Placement,
+    worker: harness.Clients,
+    server: harness.ServerProcess,
+    placement: harness.Placement,
     args: argparse.Namespace,
-    issues: Issues,
+    issues: harness.Issues,
 ) -> str:
     """Where the client's CPU goes in one scenario: its top functions."""
     with tempfile.TemporaryDirectory(prefix="bench-client-") as tmp:
@@ -258,73 +216,50 @@ def profile(
         # A fresh worker, profiled from its start: cProfile sees only the threads
         # started after it was enabled (the loop thread of embedws.sync among them).
         stats_path = Path(tmp) / "client.prof"
-        profiled = Clients(
+        profiled = harness.Clients(
             server.port,
             1,
             placement.client,
             args.client_loop,
-            script=HERE / "client_worker.py",
+            script=harness.HERE / "client_worker.py",
             args=["--variant", variant, "--cprofile", str(stats_path)],
         )
         try:
             profiled.open(count)
-            profiled.run(size, args.msg_type, args.warmup)
-            result = profiled.run(size, args.msg_type, args.profile_seconds)
+            profiled.run(harness.EchoLoad(size, args.msg_type, args.warmup))
+            result = profiled.run(harness.EchoLoad(size, args.msg_type, args.profile_seconds))
             issues.check_run(f"{variant} profile", result)
         finally:
             profiled.stop()  # the worker writes its stats as it exits
         if not stats_path.exists():
             return "the profiled client wrote no stats"
         out = io.StringIO()
-        stats = pstats.Stats(str(stats_path), stream=out)
-        for name in drop_waits(stats):
-            print(f"(left out, time spent waiting: {name})", file=out)
-        print(
+        note = (
             f"{result['messages']:,} round trips in {result['seconds']:.1f} s under cProfile "
-            "(its overhead inflates small functions: read shares and call counts)",
-            file=out,
+            "(its overhead inflates small functions: read shares and call counts)"
         )
-        stats.strip_dirs().sort_stats("tottime").print_stats(25)
+        harness.print_cprofile(stats_path, 25, out, note)
         return out.getvalue().rstrip()
 
 
 def py_spy_profile(
-    worker: Clients, size: int, raw: Path, args: argparse.Namespace, issues: Issues
+    worker: harness.Clients, size: int, raw: Path, args: argparse.Namespace, issues: harness.Issues
 ) -> str:
     """py-spy the running worker over a window of round trips."""
-    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(exe).exists():
-        return "py-spy is not installed: pip install py-spy"
-    spy = subprocess.Popen(
-        [
-            exe,
-            "record",
-            "--pid",
-            str(worker.procs[0].proc.pid),
-            "--format",
-            "raw",
-            "--rate",
-            "250",
-            "--duration",
-            str(math.ceil(args.profile_seconds)),
-            "--output",
-            str(raw),
-            "--nonblocking",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+
+    def work() -> None:
+        result = worker.run(harness.EchoLoad(size, args.msg_type, args.profile_seconds + 0.5))
+        issues.check_run("profile", result)
+
+    return harness.py_spy_during(
+        worker.procs[0].proc.pid,
+        raw,
+        work,
+        rate=250,
+        duration=math.ceil(args.profile_seconds),
+        attach=0.5,
+        timeout=args.profile_seconds + 30,
     )
-    time.sleep(0.5)  # py-spy attaches
-    result = worker.run(size, args.msg_type, args.profile_seconds + 0.5)
-    issues.check_run("profile", result)
-    try:
-        _, err = spy.communicate(timeout=args.profile_seconds + 30)
-    except subprocess.TimeoutExpired:
-        spy.kill()
-        return "py-spy did not finish"
-    if not raw.exists():
-        return f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}"
-    return py_spy_top(raw, 25)
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:
@@ -354,7 +289,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
         out.append(
             [
                 str(row["connections"]),
-                fmt_size(row["size"]),
+                harness.fmt_size(row["size"]),
                 row["variant"],
                 f"{row['messages']:,}",
                 f"{row['msg_per_s']:,.0f}",
@@ -368,12 +303,12 @@ def results_table(rows: list[dict[str, Any]]) -> str:
                 f"{row['us_per_msg']:.1f}",
                 f"{row['p50_us']:,.0f}",
                 f"{row['p99_us']:,.0f}",
-                fmt_ratio(ratio(row["client_us"], ref["client_us"] if ref else None)),
-                fmt_ratio(ratio(row["p50_us"], ref["p50_us"] if ref else None)),
-                fmt_ratio(ratio(row["p99_us"], ref["p99_us"] if ref else None)),
+                harness.vs(row, ref, "client_us"),
+                harness.vs(row, ref, "p50_us"),
+                harness.vs(row, ref, "p99_us"),
             ]
         )
-    return table(headers, out, {0, *range(3, len(headers))})
+    return harness.table(headers, out, {0, *range(3, len(headers))})
 
 
 def reference_of(rows: list[dict[str, Any]], row: dict[str, Any]) -> dict[str, Any] | None:
@@ -397,89 +332,45 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ref = reference_of(rows, row)
         if row["variant"] not in REFERENCES or ref is None:
             continue
-        scenario = f"x{row['connections']} {fmt_size(row['size'])}"
-        for what, key in (("CPU/rt", "client_us"), ("p50", "p50_us"), ("p99", "p99_us")):
-            value = ratio(row[key], ref[key])
-            results.append(
-                {
-                    "goal": f"{what} {scenario}: {row['variant']} / {ref['variant']}",
-                    "variant": row["variant"],
-                    "connections": row["connections"],
-                    "size": row["size"],
-                    "target": f"<= {GOAL:.2f}x",
-                    "value": value,
-                    "verdict": verdict(value, GOAL),
-                }
-            )
+        against = (
+            f"x{row['connections']} {harness.fmt_size(row['size'])}: "
+            f"{row['variant']} / {ref['variant']}"
+        )
+        checks = (
+            (f"CPU/rt {against}", "client_us", GOAL),
+            (f"p50 {against}", "p50_us", GOAL),
+            (f"p99 {against}", "p99_us", GOAL),
+        )
+        about = {key: row[key] for key in ("variant", "connections", "size")}
+        results += harness.ratio_goals(row, ref, checks, **about)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    placement = Placement.choose(not args.no_pin)
-    issues = Issues()
-    started = time.perf_counter()
-    noise = background_load()
-    if noise > NOISE_LIMIT:
-        issues.add(
-            f"other processes keep {noise:.2f} cores busy before the start: expect noisy numbers"
-        )
-    print(
-        f"clients: {args.msg_type} echo round trips against {args.server}, {placement.describe()}",
-        file=sys.stderr,
+    run = harness.Run.begin(
+        args,
+        f"clients: {args.msg_type} echo round trips against {args.server}",
     )
-    rows, profiles = measure_all(args, placement, issues)
+    rows, profiles = measure_all(args, run.placement, run.issues)
     goal_rows = goals(rows)
 
-    env = environment()
-    env["client_loop"] = f"{args.client_loop} for the aio clients"
-    print()
-    print(describe_environment(env))
-    print()
+    run.print_environment(f"{args.client_loop} for the aio clients")
     print(
         f"Clients: echo round trips against a {args.server} server, one message in flight per "
         f"connection, {args.msg_type}, {args.seconds:g} s x{args.repeat} per client and "
-        f"scenario, {placement.describe()}; cli µs/rt: the client process's CPU (all threads)"
+        f"scenario, {run.placement.describe()}; cli µs/rt: the client process's CPU (all threads)"
     )
     print(results_table(rows))
     print()
-    print("Goals")
-    print(
-        table(
-            ["goal", "target", "measured", "verdict"],
-            [[g["goal"], g["target"], fmt_ratio(g["value"]), g["verdict"]] for g in goal_rows],
-            {2},
-        )
-    )
-    for name, text in profiles.items():
-        print(f"\nProfile: {name} client ({args.profiler})\n{text}")
-    if issues.summary():
-        print("\nIssues")
-        for item in issues.summary():
-            print(f"- {item}")
-    print(f"\n({time.perf_counter() - started:.0f} s)")
-    write_json(
-        args.json,
-        {
-            "benchmark": "client",
-            "environment": env,
-            "settings": {
-                "variants": args.variants,
-                "server": args.server,
-                "connections": args.connections,
-                "sizes": args.sizes,
-                "type": args.msg_type,
-                "seconds": args.seconds,
-                "warmup": args.warmup,
-                "repeat": args.repeat,
-                "placement": placement.describe(),
-                "client_loop": args.client_loop,
-            },
-            "results": rows,
-            "goals": goal_rows,
-            "profiles": profiles,
-            "issues": issues.summary(),
-        },
+    harness.print_goals(goal_rows)
+    harness.print_profiles(profiles, f"client ({args.profiler})")
+    run.finish(
+        "client",
+        "variants server connections sizes msg_type seconds warmup repeat",
+        results=rows,
+        goals=goal_rows,
+        profiles=profiles,
     )
     return 0
 

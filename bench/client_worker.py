@@ -24,18 +24,17 @@ own threads too) and writes the stats to FILE at ``quit``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import atexit
 import json
-import os
 import resource
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import clientlib
+from clientlib import Errors
 from servers import _Profiles
 
 VARIANTS = ("embedws-sync", "websockets-sync", "embedws-aio", "websockets-asyncio")
@@ -44,7 +43,7 @@ _OPTIONS: dict[str, Any] = {"compression": None, "ping_interval": None}
 
 
 def payload(size: int, kind: str) -> str | bytes:
-    text = ("abcdefghijklmnopqrstuvwxyz0123456789" * (size // 36 + 1))[:size]
+    text = clientlib.text_payload(size)
     return text if kind == "text" else text.encode()
 
 
@@ -61,20 +60,23 @@ class Usage(NamedTuple):
         return cls(ru.ru_utime, ru.ru_stime, ru.ru_nvcsw + ru.ru_nivcsw)
 
 
-class Results:
+class Results(Errors):
     """Round trips of one run, shared by its connections."""
 
+    __slots__ = ("latencies", "messages")
+
     def __init__(self) -> None:
+        super().__init__()
         self.messages = 0
-        self.errors = 0
-        self.closed = 0
-        self.first_error = ""
         self.latencies: list[int] = []
 
-    def error(self, what: str) -> None:
-        self.errors += 1
-        if not self.first_error:
-            self.first_error = what
+    def wrong_size(self, reply: str | bytes, size: int) -> None:
+        self.error(f"a reply of {len(reply)} characters, not {size}")
+
+    def lost(self, exc: Exception) -> None:
+        """The connection failed in the middle of the run."""
+        self.closed += 1
+        self.error(repr(exc))
 
     def reply(self, started: float, usage0: Usage, latency: bool) -> dict[str, Any]:
         usage = Usage.now()
@@ -153,12 +155,11 @@ class SyncWorker:
                 latencies.append(t1 - t0)
                 count += 1
                 if len(reply) != size:
-                    results.error(f"a reply of {len(reply)} characters, not {size}")
+                    results.wrong_size(reply, size)
                 if t1 > deadline:
                     break
         except Exception as exc:
-            results.closed += 1
-            results.error(repr(exc))
+            results.lost(exc)
         results.messages = count
         return results.reply(started, usage0, latency)
 
@@ -186,9 +187,7 @@ class SyncWorker:
             command = json.loads(line)
             if command["cmd"] == "quit":
                 break
-            reply = commands[command["cmd"]](command)
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
+            clientlib.write_reply(commands[command["cmd"]](command))
         self.close()
 
 
@@ -251,12 +250,11 @@ class AsyncWorker:
                     latencies.append(t1 - t0)
                     count += 1
                     if len(reply) != size:
-                        results.error(f"a reply of {len(reply)} characters, not {size}")
+                        results.wrong_size(reply, size)
                     if t1 > deadline:
                         break
             except Exception as exc:
-                results.closed += 1
-                results.error(repr(exc))
+                results.lost(exc)
             results.messages += count
 
         started, usage0 = time.perf_counter(), Usage.now()
@@ -269,54 +267,27 @@ class AsyncWorker:
         return {"closed": len(conns), "aborted": sum(1 for o in outcomes if o is not None)}
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[str] = asyncio.Queue()
-
-        def read_stdin() -> None:
-            # A thread: simpler than a pipe transport; it sleeps while the round trips run.
-            sys.setprofile(None)  # under --cprofile: its wait for commands is not work
-            for line in sys.stdin:
-                loop.call_soon_threadsafe(lines.put_nowait, line)
-            loop.call_soon_threadsafe(lines.put_nowait, '{"cmd": "quit"}')
-
-        threading.Thread(target=read_stdin, daemon=True).start()
-        while True:
-            command = json.loads(await lines.get())
-            name = command["cmd"]
-            if name == "quit":
-                break
-            if name == "open":
-                reply = await self.open(int(command["n"]))
-            elif name == "run":
-                reply = await self.run(
-                    int(command["size"]),
-                    str(command["type"]),
-                    float(command["seconds"]),
-                    bool(command.get("latency")),
-                )
-            else:
-                reply = await self.close()
-            sys.stdout.write(json.dumps(reply) + "\n")
-            sys.stdout.flush()
-        await self.close()
+        await clientlib.serve_commands(
+            {
+                "open": lambda c: self.open(int(c["n"])),
+                "run": lambda c: self.run(
+                    int(c["size"]), str(c["type"]), float(c["seconds"]), bool(c.get("latency"))
+                ),
+                "close": lambda c: self.close(),
+            },
+            self.close,
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--variant", choices=VARIANTS, required=True)
-    parser.add_argument("--cpus", help="pin this process to these CPUs, e.g. '1'")
-    parser.add_argument(
-        "--loop",
-        choices=("auto", "asyncio", "uvloop"),
-        default="asyncio",
-        help="event loop of the aio variants (auto: uvloop if installed)",
+    parser = clientlib.arg_parser(
+        __doc__,
+        loop_default="asyncio",
+        loop_help="event loop of the aio variants (auto: uvloop if installed)",
     )
+    parser.add_argument("--variant", choices=VARIANTS, required=True)
     parser.add_argument("--cprofile", metavar="FILE", help="profile; write the stats at quit")
-    args = parser.parse_args()
-    if args.cpus:
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    args = clientlib.parse_args(parser)
     if args.cprofile:
         # Before the client library starts its threads: each new thread gets its profiler.
         profiles = _Profiles()
@@ -326,18 +297,7 @@ def main() -> None:
     if args.variant in SYNC_VARIANTS:
         SyncWorker(args.variant, url).serve()
         return
-    main_coro = AsyncWorker(args.variant, url).serve()
-    if args.loop == "asyncio":
-        asyncio.run(main_coro)
-        return
-    try:
-        import uvloop
-    except ImportError:
-        if args.loop == "uvloop":
-            raise
-        asyncio.run(main_coro)
-        return
-    uvloop.run(main_coro)
+    clientlib.run(AsyncWorker(args.variant, url).serve(), args.loop)
 
 
 if __name__ == "__main__":

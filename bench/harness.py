@@ -1,13 +1,18 @@
-"""What the benchmarks share: server and client processes, measurements, tables."""
+"""What the benchmarks share: server and client processes, measurements, tables, profiles."""
 
 from __future__ import annotations
 
+import argparse
+import collections
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import math
 import os
+import pstats
 import queue
+import shutil
 import signal
 import statistics
 import subprocess
@@ -15,10 +20,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import psutil
 
@@ -26,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
 SERVER_SCRIPT = HERE / "servers.py"
 CLIENT_SCRIPT = HERE / "loadclient.py"
+CONNECTIONS_PER_CLIENT = 10_000  # well under the 20,000 open files a process may have
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,48 @@ def add_client_loop_option(parser: Any) -> None:
         default="auto",
         help="the load client's event loop (auto: uvloop if installed, else asyncio)",
     )
+
+
+def add_run_options(
+    parser: argparse.ArgumentParser, quick: str, *, client_loop: bool = True
+) -> None:
+    """``--no-pin``, ``--client-loop`` (unless told not to), ``--quick`` and ``--json``.
+
+    ``quick``: the help of ``--quick``.
+    """
+    parser.add_argument("--no-pin", action="store_true", help="do not pin server and clients")
+    if client_loop:
+        add_client_loop_option(parser)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def parse_names(
+    parser: argparse.ArgumentParser, what: str, text: str, known: Sequence[str]
+) -> list[str]:
+    """A comma-separated list of ``known`` names (``what``: "kinds", ...)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = set(names) - set(known)
+    if unknown:
+        parser.error(f"unknown {what} {sorted(unknown)}; choose from {', '.join(known)}")
+    return names
+
+
+def parse_ints(text: str) -> list[int]:
+    return [int(n) for n in text.split(",")]
+
+
+def parse_counts(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    """``--connections``: counts in increasing order (each adds connections to the last)."""
+    counts = parse_ints(text)
+    if counts != sorted(counts):
+        parser.error("--connections must be in increasing order (connections are added)")
+    return counts
+
+
+def client_processes(connections: int) -> int:
+    """Load processes for ``connections``: one per CONNECTIONS_PER_CLIENT."""
+    return max(1, math.ceil(connections / CONNECTIONS_PER_CLIENT))
 
 
 def _pin_args(cpus: str | None) -> list[str]:
@@ -197,25 +245,24 @@ class ServerProcess:
         return self.proc.returncode
 
 
+@dataclass(frozen=True)
+class EchoLoad:
+    """What the load clients do in one window: echo round trips on every connection."""
+
+    size: int  # bytes (or characters) per message
+    msg_type: str  # "text" or "binary"
+    seconds: float
+    inflight: int = 1  # messages in flight per connection
+    rate: float = 0.0  # msg/s of all the connections together; 0: a closed loop
+    latency: bool = False  # keep every round-trip time
+
+
 class ClientProcess:
-    """One load-generator process and its command channel.
+    """One load-generator process (``argv``: see :class:`Clients`) and its command channel."""
 
-    ``script`` is ``loadclient.py`` unless told otherwise; any such script takes
-    ``--port``, ``--loop`` and ``--cpus`` (then ``args``) and answers each JSON
-    command on stdin with one JSON line on stdout.
-    """
-
-    def __init__(
-        self,
-        port: int,
-        cpus: str | None,
-        loop: str = "auto",
-        *,
-        script: Path = CLIENT_SCRIPT,
-        args: Sequence[str] = (),
-    ) -> None:
+    def __init__(self, argv: Sequence[str]) -> None:
         self.proc = subprocess.Popen(
-            [PYTHON, str(script), "--port", str(port), "--loop", loop, *_pin_args(cpus), *args],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -262,7 +309,12 @@ class ClientProcess:
 
 
 class Clients:
-    """Several load-generator processes driven as one."""
+    """Several load-generator processes driven as one.
+
+    ``script`` is ``loadclient.py`` unless told otherwise; any such script takes
+    ``--port``, ``--loop`` and ``--cpus`` (then ``args``) and answers each JSON
+    command on stdin with one JSON line on stdout.
+    """
 
     def __init__(
         self,
@@ -274,9 +326,8 @@ class Clients:
         script: Path = CLIENT_SCRIPT,
         args: Sequence[str] = (),
     ) -> None:
-        self.procs = [
-            ClientProcess(port, cpus, loop, script=script, args=args) for _ in range(count)
-        ]
+        argv = [PYTHON, str(script), "--port", str(port), "--loop", loop, *_pin_args(cpus), *args]
+        self.procs = [ClientProcess(argv) for _ in range(count)]
 
     def command(self, timeout: float, per_client: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for proc, command in zip(self.procs, per_client, strict=True):
@@ -297,27 +348,18 @@ class Clients:
             "seconds": max(r["seconds"] for r in replies),
         }
 
-    def run(
-        self,
-        size: int,
-        kind: str,
-        seconds: float,
-        *,
-        inflight: int = 1,
-        rate: float = 0.0,
-        latency: bool = False,
-    ) -> dict[str, Any]:
-        """Echo round trips on every connection; ``rate`` (msg/s) is for all processes."""
+    def run(self, echo: EchoLoad) -> dict[str, Any]:
+        """Echo round trips on every connection; ``echo.rate`` (msg/s) is for all processes."""
         command = {
             "cmd": "run",
-            "size": size,
-            "type": kind,
-            "seconds": seconds,
-            "inflight": inflight,
-            "rate": rate / len(self.procs),
-            "latency": latency,
+            "size": echo.size,
+            "type": echo.msg_type,
+            "seconds": echo.seconds,
+            "inflight": echo.inflight,
+            "rate": echo.rate / len(self.procs),
+            "latency": echo.latency,
         }
-        replies = self.broadcast(seconds + 90, **command)
+        replies = self.broadcast(echo.seconds + 90, **command)
         merged: dict[str, Any] = {
             "messages": sum(r["messages"] for r in replies),
             "seconds": max(r["seconds"] for r in replies),
@@ -326,7 +368,7 @@ class Clients:
             "unfinished": sum(r["unfinished"] for r in replies),
             "first_error": next((r["first_error"] for r in replies if r["first_error"]), ""),
         }
-        if latency:
+        if echo.latency:
             merged["latencies_ns"] = [ns for r in replies for ns in r["latencies_ns"]]
         if all("own" in r for r in replies):
             # Counters a client keeps of itself (its CPU over exactly the round trips).
@@ -346,6 +388,11 @@ class Clients:
     def stop(self) -> None:
         for proc in self.procs:
             proc.stop()
+
+
+def progress(text: str) -> None:
+    """A line on stderr, as the benchmark goes (the results go to stdout)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -457,6 +504,16 @@ class Issues:
                 f"last: {server.stderr_tail(300).strip().splitlines()[-1]!r}"
             )
 
+    def check_open(self, label: str, result: dict[str, Any]) -> int:
+        """Note the connections that failed to open; how many are open."""
+        if result["failed"]:
+            self.add(f"{label}: {result['failed']} connections failed: {result['first_error']!r}")
+        return int(result["open"])
+
+    def check_close(self, label: str, result: dict[str, Any]) -> None:
+        if result["aborted"]:
+            self.add(f"{label}: {result['aborted']} connections did not finish the close")
+
     def check_run(self, label: str, result: dict[str, Any]) -> None:
         if result.get("errors") or result.get("closed") or result.get("unfinished"):
             self.add(
@@ -474,12 +531,20 @@ def running(
     clients: int = 1,
     profile: str | None = None,
     loop: str = "auto",
+    *,
+    server_script: Path = SERVER_SCRIPT,
+    client_script: Path = CLIENT_SCRIPT,
+    commands: bool = False,
 ) -> Iterator[tuple[ServerProcess, Clients]]:
-    """A server of ``kind`` and ``clients`` load processes aimed at it; both stopped after."""
-    server = ServerProcess(kind, placement.server, profile)
+    """A server of ``kind`` and ``clients`` load processes aimed at it; both stopped after.
+
+    ``server_script``, ``client_script`` and ``commands``: as in :class:`ServerProcess`
+    and :class:`Clients`.
+    """
+    server = ServerProcess(kind, placement.server, profile, script=server_script, commands=commands)
     load: Clients | None = None
     try:
-        load = Clients(server.port, clients, placement.client, loop)
+        load = Clients(server.port, clients, placement.client, loop, script=client_script)
         yield server, load
     finally:
         if load is not None:
@@ -487,20 +552,46 @@ def running(
         server.stop()
 
 
+Fleet = dict[str, tuple[ServerProcess, Clients]]
+
+
 @contextlib.contextmanager
 def fleet(
-    kinds: Sequence[str], placement: Placement, clients: int = 1, loop: str = "auto"
-) -> Iterator[dict[str, tuple[ServerProcess, Clients]]]:
+    kinds: Sequence[str],
+    placement: Placement,
+    clients: int = 1,
+    loop: str = "auto",
+    **scripts: Any,
+) -> Iterator[Fleet]:
     """Every server of ``kinds`` at once, each with its load processes.
 
     Measuring them in turn, round after round, spreads slow drifts of the
-    machine (other load, thermal) over all of them instead of one.
+    machine (other load, thermal) over all of them instead of one. ``scripts``:
+    the keyword arguments of :func:`running`.
     """
     with contextlib.ExitStack() as stack:
         yield {
-            kind: stack.enter_context(running(kind, placement, clients, loop=loop))
+            kind: stack.enter_context(running(kind, placement, clients, loop=loop, **scripts))
             for kind in kinds
         }
+
+
+def open_fleet(
+    servers: Fleet, connections: int, issues: Issues, opened: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Up to ``connections`` on every server (``opened``: those it has); how many it has then."""
+    have = opened or {}
+    return {
+        kind: issues.check_open(kind, load.open(connections - have.get(kind, 0)))
+        for kind, (_server, load) in servers.items()
+    }
+
+
+def close_fleet(servers: Fleet, issues: Issues) -> None:
+    """Close every connection of the fleet; note what went wrong there and in the servers."""
+    for kind, (server, load) in servers.items():
+        issues.check_close(kind, load.close())
+        issues.check_server(server)
 
 
 def measure(
@@ -508,18 +599,16 @@ def measure(
     load: Clients,
     issues: Issues,
     label: str,
-    size: int,
-    msg_type: str,
-    seconds: float,
-    *,
-    inflight: int = 1,
-    rate: float = 0.0,
-    latency: bool = False,
+    echo: EchoLoad,
+    warmup: float = 0.0,
 ) -> dict[str, Any]:
-    """One measured window of echo load on ``server``."""
+    """One measured window of ``echo`` on ``server``, after ``warmup`` seconds unmeasured."""
+    if warmup:
+        warm = load.run(dataclasses.replace(echo, seconds=warmup, latency=False))
+        issues.check_run(f"{label} warm-up", warm)
     window = Window()
     window.start(server, load)
-    result = load.run(size, msg_type, seconds, inflight=inflight, rate=rate, latency=latency)
+    result = load.run(echo)
     window.stop(server, load)
     issues.check_run(label, result)
     issues.window(label, window.other_load)
@@ -537,11 +626,25 @@ def measure(
     }
     if "own" in result:
         measured["client_own"] = result["own"]
-    if latency:
+    if echo.latency:
         measured["latencies_ns"] = sorted(result["latencies_ns"])
         measured["p50_us"] = percentile(measured["latencies_ns"], 0.50) / 1000
         measured["p99_us"] = percentile(measured["latencies_ns"], 0.99) / 1000
     return measured
+
+
+def measure_rounds(
+    servers: Fleet, issues: Issues, repeat: int, label: str, echo: EchoLoad, warmup: float
+) -> dict[str, list[dict[str, Any]]]:
+    """``repeat`` rounds of :func:`measure` that visit every server in turn; its windows.
+
+    ``label`` follows the server's kind in the Issues.
+    """
+    windows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in servers}
+    for _ in range(repeat):
+        for kind, (server, load) in servers.items():
+            windows[kind].append(measure(server, load, issues, f"{kind} {label}", echo, warmup))
+    return windows
 
 
 def summarize(windows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -591,6 +694,24 @@ def spread(values: Sequence[float]) -> float:
     return (max(values) - min(values)) / mid if mid else 0.0
 
 
+# The columns of a server's echo results (a row of summarize() with its "kind").
+ECHO_COLUMNS = ("server", "messages", "msg/s", "srv CPU", "cli CPU", "other", "µs/msg", "sys")
+
+
+def echo_cells(row: dict[str, Any]) -> list[str]:
+    """The cells of ECHO_COLUMNS."""
+    return [
+        row["kind"],
+        f"{row['messages']:,}",
+        f"{row['msg_per_s']:,.0f}",
+        f"{row['server_util']:.0%}",
+        f"{row['client_util']:.0%}",
+        f"{row['other_load']:.0%}",
+        f"{row['us_per_msg']:.1f}",
+        f"{row['sys_us_per_msg']:.1f}",
+    ]
+
+
 def ratio(value: float, reference: float | None) -> float | None:
     if reference is None or reference <= 0 or math.isnan(value):
         return None
@@ -623,11 +744,56 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
+def vs(row: dict[str, Any], reference: dict[str, Any] | None, key: str) -> str:
+    """The ratio cell of ``row[key]`` to the reference row's (``-`` without one)."""
+    return fmt_ratio(ratio(row[key], reference[key] if reference else None))
+
+
 def verdict(value: float | None, goal: float, *, below: bool = True) -> str:
     if value is None:
         return "n/a"
     met = value <= goal if below else value >= goal
     return "MET" if met else "MISSED"
+
+
+def goal(text: str, value: float | None, limit: float, **about: Any) -> dict[str, Any]:
+    """A row of the Goals table: ``value`` at most ``limit`` (``about``: for the JSON)."""
+    return {
+        "goal": text,
+        **about,
+        "target": f"<= {limit:.2f}x",
+        "value": value,
+        "verdict": verdict(value, limit),
+    }
+
+
+def ratio_goals(
+    row: dict[str, Any],
+    reference: dict[str, Any],
+    checks: Sequence[tuple[str, str, float]],
+    **about: Any,
+) -> list[dict[str, Any]]:
+    """For each (text, key, limit) of ``checks``: a goal, ``row[key]`` / ``reference[key]``."""
+    return [
+        goal(text, ratio(row[key], reference[key]), limit, **about) for text, key, limit in checks
+    ]
+
+
+def print_goals(goal_rows: Sequence[dict[str, Any]]) -> None:
+    print("Goals")
+    print(
+        table(
+            ["goal", "target", "measured", "verdict"],
+            [[g["goal"], g["target"], fmt_ratio(g["value"]), g["verdict"]] for g in goal_rows],
+            {2},
+        )
+    )
+
+
+def print_profiles(profiles: dict[str, str], what: str) -> None:
+    """Each profile of ``profiles`` (name: text), headed with its name and ``what``."""
+    for name, text in profiles.items():
+        print(f"\nProfile: {name} {what}\n{text}")
 
 
 def environment() -> dict[str, Any]:
@@ -687,3 +853,202 @@ def write_json(path: str | None, data: dict[str, Any]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(data, indent=2) + "\n")
     print(f"\nJSON results: {target}")
+
+
+@dataclass
+class Run:
+    """One run of a benchmark: its options, where its processes run, its issues, its output."""
+
+    args: argparse.Namespace  # with --no-pin, --client-loop and --json (add_run_options)
+    placement: Placement
+    issues: Issues
+    started: float
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def begin(cls, args: argparse.Namespace, start: str | None = None) -> Run:
+        """The run starts; its Issues say so if other processes keep the machine busy.
+
+        ``start``: a line for stderr, followed by where the processes run.
+        """
+        run = cls(args, Placement.choose(not args.no_pin), Issues(), time.perf_counter())
+        noise = background_load()
+        if noise > NOISE_LIMIT:
+            run.issues.add(
+                f"other processes keep {noise:.2f} cores busy before the start: "
+                "expect noisy numbers"
+            )
+        if start is not None:
+            progress(f"{start}, {run.placement.describe()}")
+        return run
+
+    def print_environment(self, client_loop: str | None = None) -> None:
+        """The head of the results: the environment (``client_loop``: told otherwise)."""
+        self.env = environment()
+        if client_loop is not None:
+            self.env["client_loop"] = client_loop
+        print()
+        print(describe_environment(self.env))
+        print()
+
+    def finish(self, benchmark: str, settings: str, **results: Any) -> None:
+        """The end of the output: the Issues and the time taken; then ``--json``, if given.
+
+        The JSON holds the ``settings`` (names in ``args``, space-separated, as in a
+        namedtuple), the ``results`` and the issues.
+        """
+        issues = self.issues.summary()
+        if issues:
+            print("\nIssues")
+            for item in issues:
+                print(f"- {item}")
+        print(f"\n({time.perf_counter() - self.started:.0f} s)")
+        chosen = {
+            "type" if name == "msg_type" else name: getattr(self.args, name)
+            for name in settings.split()
+        }
+        chosen.update(placement=self.placement.describe(), client_loop=self.args.client_loop)
+        write_json(
+            self.args.json,
+            {
+                "benchmark": benchmark,
+                "environment": self.env,
+                "settings": chosen,
+                **results,
+                "issues": issues,
+            },
+        )
+
+
+# Profiles -------------------------------------------------------------------------
+
+# Built-ins where an idle thread blocks: their time is waiting, not work.
+_WAITS = (
+    "<method 'acquire' of '_thread.lock' objects>",
+    "<method 'poll' of 'select.epoll' objects>",
+    "<method 'get' of '_queue.SimpleQueue' objects>",
+    "<built-in method time.sleep>",
+    "<method 'readline' of '_io.TextIOWrapper' objects>",  # a worker waiting for commands
+)
+
+
+def drop_waits(stats: pstats.Stats) -> list[str]:
+    """Remove blocking waits from ``stats``; return what was removed, with its time."""
+    removed = []
+    entries = stats.stats  # type: ignore[attr-defined]
+    for key in list(entries):
+        if key[0] == "~" and key[2] in _WAITS:
+            calls, total = entries[key][1], entries[key][2]
+            removed.append(f"{key[2]}: {calls} calls, {total:.2f} s")
+            del entries[key]
+    return removed
+
+
+def print_cprofile(path: Path, top: int, stream: TextIO | None = None, note: str = "") -> None:
+    """The top functions by own time of the cProfile stats in ``path``, blocking waits left out."""
+    stats = pstats.Stats(str(path), stream=stream)
+    for name in drop_waits(stats):
+        print(f"(left out, time spent waiting: {name})", file=stream)
+    if note:
+        print(note, file=stream)
+    stats.strip_dirs().sort_stats("tottime").print_stats(top)
+
+
+def py_spy_exe() -> str | None:
+    """The py-spy executable (on PATH or beside this Python), None if it is not installed."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return exe if Path(exe).exists() else None
+
+
+PY_SPY_MISSING = "py-spy is not installed: pip install py-spy"
+
+
+def py_spy_record(
+    exe: str,
+    pid: int,
+    rate: int,
+    duration: int,
+    output: Path,
+    stderr: int | None = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` ``rate`` times a second for ``duration`` s into ``output`` (raw).
+
+    ``--nonblocking``: the process is never paused, so it runs as fast as unprofiled.
+    """
+    return subprocess.Popen(
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+            "--output",
+            str(output),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+
+
+def py_spy_during(
+    pid: int,
+    raw: Path,
+    work: Callable[[], object],
+    *,
+    rate: int,
+    duration: int,
+    attach: float,
+    timeout: float,
+    top: int = 25,
+) -> str:
+    """py-spy ``pid`` while ``work()`` runs, ``attach`` s after py-spy starts; the top functions."""
+    exe = py_spy_exe()
+    if exe is None:
+        return PY_SPY_MISSING
+    spy = py_spy_record(exe, pid, rate, duration, raw)
+    time.sleep(attach)  # py-spy attaches
+    work()
+    try:
+        _, err = spy.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        return "py-spy did not finish"
+    if not raw.exists():
+        return f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}"
+    return py_spy_top(raw, top)
+
+
+def py_spy_top(raw: Path, top: int) -> str:
+    """Top functions by own samples and by inclusive samples, from py-spy's raw output."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        # "func (path/to/file.py:123)": keep function and file, drop the line.
+        frames = [_frame_name(f) for f in stack.split(";")]
+        own[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+    lines = [f"{total} samples", "", f"{'own %':>7} {'incl %':>7}  function"]
+    for name, count in own.most_common(top):
+        lines.append(f"{count / total:7.1%} {inclusive[name] / total:7.1%}  {name}")
+    return "\n".join(lines)
+
+
+def _frame_name(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rpartition(":")[0]
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if parts else path
+    return f"{name} ({short})"

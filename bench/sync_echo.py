@@ -12,27 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
-from harness import (
-    NOISE_LIMIT,
-    Issues,
-    Placement,
-    add_client_loop_option,
-    background_load,
-    describe_environment,
-    environment,
-    fleet,
-    fmt_ratio,
-    fmt_size,
-    measure,
-    ratio,
-    summarize,
-    table,
-    verdict,
-    write_json,
-)
+import harness
 from servers import KINDS
 
 REFERENCE = "websockets-sync"
@@ -63,73 +45,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, default=3, help="windows per server and count (median reported)"
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin server and clients")
-    add_client_loop_option(parser)
-    parser.add_argument("--quick", action="store_true", help="short smoke run (~20 s)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    harness.add_run_options(parser, "short smoke run (~20 s)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.repeat = 1.0, 0.2, 2
-    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = set(args.kinds) - set(KINDS)
-    if unknown:
-        parser.error(f"unknown kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
-    args.connections = [int(c) for c in args.connections.split(",")]
-    if args.connections != sorted(args.connections):
-        parser.error("--connections must be in increasing order (connections are added)")
+    args.kinds = harness.parse_names(parser, "kinds", args.kinds, KINDS)
+    args.connections = harness.parse_counts(parser, args.connections)
     return args
 
 
 def measure_all(
-    args: argparse.Namespace, placement: Placement, issues: Issues
+    args: argparse.Namespace, placement: harness.Placement, issues: harness.Issues
 ) -> list[dict[str, Any]]:
     """All servers at once; per connection count, rounds that visit each server in turn."""
     rows: list[dict[str, Any]] = []
-    with fleet(args.kinds, placement, loop=args.client_loop) as servers:
-        opened = dict.fromkeys(servers, 0)
+    with harness.fleet(args.kinds, placement, loop=args.client_loop) as servers:
+        opened: dict[str, int] = {}
         for count in args.connections:
-            for kind, (_server, load) in servers.items():
-                result = load.open(count - opened[kind])
-                opened[kind] = result["open"]
-                if result["failed"]:
-                    issues.add(
-                        f"{kind}: {result['failed']} connections failed: {result['first_error']!r}"
-                    )
-            windows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in servers}
-            for _ in range(args.repeat):
-                for kind, (server, load) in servers.items():
-                    label = f"{kind} x{count}"
-                    warm = load.run(args.size, args.msg_type, args.warmup, rate=args.rate)
-                    issues.check_run(f"{label} warm-up", warm)
-                    windows[kind].append(
-                        measure(
-                            server,
-                            load,
-                            issues,
-                            label,
-                            args.size,
-                            args.msg_type,
-                            args.seconds,
-                            rate=args.rate,
-                            latency=True,
-                        )
-                    )
+            opened = harness.open_fleet(servers, count, issues, opened)
+            echo = harness.EchoLoad(
+                args.size, args.msg_type, args.seconds, rate=args.rate, latency=True
+            )
+            windows = harness.measure_rounds(
+                servers, issues, args.repeat, f"x{count}", echo, args.warmup
+            )
             for kind, measured in windows.items():
                 row: dict[str, Any] = {"kind": kind, "connections": opened[kind]}
-                row.update(summarize(measured))
+                row.update(harness.summarize(measured))
                 rows.append(row)
-                print(
+                harness.progress(
                     f"  {kind:<18} x{count:<3}: {row['us_per_msg']:6.1f} µs/msg, "
                     f"p50 {row['p50_us']:,.0f} µs, p99 {row['p99_us']:,.0f} µs "
                     f"({row['msg_per_s']:,.0f} msg/s)",
-                    file=sys.stderr,
-                    flush=True,
                 )
-        for kind, (server, load) in servers.items():
-            closed = load.close()
-            if closed["aborted"]:
-                issues.add(f"{kind}: {closed['aborted']} connections did not finish the close")
-            issues.check_server(server)
+        harness.close_fleet(servers, issues)
     return rows
 
 
@@ -137,14 +86,7 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     reference = {r["connections"]: r for r in rows if r["kind"] == REFERENCE}
     headers = [
         "conns",
-        "server",
-        "messages",
-        "msg/s",
-        "srv CPU",
-        "cli CPU",
-        "other",
-        "µs/msg",
-        "sys",
+        *harness.ECHO_COLUMNS,
         "spread",
         "p50 µs",
         "p99 µs",
@@ -157,22 +99,15 @@ def results_table(rows: list[dict[str, Any]]) -> str:
         out.append(
             [
                 str(row["connections"]),
-                row["kind"],
-                f"{row['messages']:,}",
-                f"{row['msg_per_s']:,.0f}",
-                f"{row['server_util']:.0%}",
-                f"{row['client_util']:.0%}",
-                f"{row['other_load']:.0%}",
-                f"{row['us_per_msg']:.1f}",
-                f"{row['sys_us_per_msg']:.1f}",
+                *harness.echo_cells(row),
                 f"{row['spread']:.0%}",
                 f"{row['p50_us']:,.0f}",
                 f"{row['p99_us']:,.0f}",
-                fmt_ratio(ratio(row["us_per_msg"], ref["us_per_msg"] if ref else None)),
-                fmt_ratio(ratio(row["p99_us"], ref["p99_us"] if ref else None)),
+                harness.vs(row, ref, "us_per_msg"),
+                harness.vs(row, ref, "p99_us"),
             ]
         )
-    return table(headers, out, {0, *range(2, len(headers))})
+    return harness.table(headers, out, {0, *range(2, len(headers))})
 
 
 def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -184,15 +119,10 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )
     if subject is None or reference is None:
         return []
-    cpu = ratio(subject["us_per_msg"], reference["us_per_msg"])
-    p99 = ratio(subject["p99_us"], reference["p99_us"])
+    cpu = harness.ratio(subject["us_per_msg"], reference["us_per_msg"])
+    p99 = harness.ratio(subject["p99_us"], reference["p99_us"])
     return [
-        {
-            "goal": f"CPU/msg x{GOAL_CONNECTIONS}: {SUBJECT} / {REFERENCE}",
-            "target": f"<= {GOAL_CPU:.2f}x",
-            "value": cpu,
-            "verdict": verdict(cpu, GOAL_CPU),
-        },
+        harness.goal(f"CPU/msg x{GOAL_CONNECTIONS}: {SUBJECT} / {REFERENCE}", cpu, GOAL_CPU),
         {
             "goal": f"p99 x{GOAL_CONNECTIONS}: {SUBJECT} / {REFERENCE}",
             "target": "< 1.00x",
@@ -204,67 +134,29 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    placement = Placement.choose(not args.no_pin)
-    issues = Issues()
-    started = time.perf_counter()
-    noise = background_load()
-    if noise > NOISE_LIMIT:
-        issues.add(
-            f"other processes keep {noise:.2f} cores busy before the start: expect noisy numbers"
-        )
-    print(
-        f"sync echo: {fmt_size(args.size)} {args.msg_type} messages, {placement.describe()}",
-        file=sys.stderr,
+    run = harness.Run.begin(
+        args,
+        f"sync echo: {harness.fmt_size(args.size)} {args.msg_type} messages",
     )
-    rows = measure_all(args, placement, issues)
+    rows = measure_all(args, run.placement, run.issues)
 
-    env = environment()
-    print()
-    print(describe_environment(env))
-    print()
+    run.print_environment()
     print(
-        f"Sync echo: server CPU per message and round-trip latency ({fmt_size(args.size)} "
+        f"Sync echo: server CPU per message and round-trip latency ({harness.fmt_size(args.size)} "
         f"{args.msg_type}, one message in flight per connection, "
         f"{f'paced to {args.rate:g} msg/s, ' if args.rate else ''}{args.seconds:g} s "
-        f"x{args.repeat} per server and count, {placement.describe()})"
+        f"x{args.repeat} per server and count, {run.placement.describe()})"
     )
     print(results_table(rows))
     goal_rows = goals(rows)
     if goal_rows:
-        print("\nGoals")
-        print(
-            table(
-                ["goal", "target", "measured", "verdict"],
-                [[g["goal"], g["target"], fmt_ratio(g["value"]), g["verdict"]] for g in goal_rows],
-                {2},
-            )
-        )
-    if issues.summary():
-        print("\nIssues")
-        for item in issues.summary():
-            print(f"- {item}")
-    print(f"\n({time.perf_counter() - started:.0f} s)")
-    write_json(
-        args.json,
-        {
-            "benchmark": "sync_echo",
-            "environment": env,
-            "settings": {
-                "kinds": args.kinds,
-                "connections": args.connections,
-                "size": args.size,
-                "type": args.msg_type,
-                "seconds": args.seconds,
-                "warmup": args.warmup,
-                "repeat": args.repeat,
-                "rate": args.rate,
-                "placement": placement.describe(),
-                "client_loop": args.client_loop,
-            },
-            "results": rows,
-            "goals": goal_rows,
-            "issues": issues.summary(),
-        },
+        print()
+        harness.print_goals(goal_rows)
+    run.finish(
+        "sync_echo",
+        "kinds connections size msg_type seconds warmup repeat rate",
+        results=rows,
+        goals=goal_rows,
     )
     return 0
 
