@@ -6,7 +6,10 @@ import contextlib
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -72,6 +75,33 @@ def client(url: str, **kwargs: Any) -> ClientConnection:
     connection = ws_connect(url, **kwargs)
     assert isinstance(connection, ClientConnection)
     return connection
+
+
+def time_stop_under_clients(
+    server: embedws.sync.Server, script: str, count: int, *, ready: str, timeout: float
+) -> tuple[float, str, str]:
+    """Time ``server.stop()`` while a client process holds ``count`` connections.
+
+    ``script`` runs as ``python -c script URL COUNT`` and prints ``ready`` once it
+    is connected; returns (seconds ``stop()`` took, its stdout, its stderr).
+    """
+    with subprocess.Popen(
+        [sys.executable, "-c", script, server.url, str(count)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == ready
+            started = time.monotonic()
+            server.stop()
+            elapsed = time.monotonic() - started
+            out, err = process.communicate(timeout=timeout)
+        finally:
+            server.stop()
+            process.kill()
+    return elapsed, out, err
 
 
 def raw_http(

@@ -25,6 +25,7 @@ from .conftest import (
     raw_http,
     serving,
     status_of,
+    time_stop_under_clients,
     upgrade_request,
 )
 
@@ -288,22 +289,7 @@ LOAD_CLIENT = textwrap.dedent(
 @pytest.mark.slow
 def test_stop_while_1000_clients_are_mid_echo(echo_app: embedws.App) -> None:
     server = echo_app.start(port=0, GRACEFUL_SHUTDOWN_TIMEOUT=5, WEBSOCKET_PING_INTERVAL=None)
-    with subprocess.Popen(
-        [sys.executable, "-c", LOAD_CLIENT, server.url, "1000"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "busy"
-            started = time.monotonic()
-            server.stop()
-            elapsed = time.monotonic() - started
-            out, err = process.communicate(timeout=30)
-        finally:
-            server.stop()
-            process.kill()
+    elapsed, out, err = time_stop_under_clients(server, LOAD_CLIENT, 1000, ready="busy", timeout=30)
     assert elapsed < 5, elapsed
     assert out.strip() == "[1001] 1000", err
     assert not [t for t in threading.enumerate() if t.name.startswith("embedws-handler")]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -19,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 import embedws
 from embedws.errors import WebsocketClosed
 
-from .conftest import MS, RawClient, client, echo_handlers, serving
+from .conftest import MS, RawClient, client, echo_handlers, serving, time_stop_under_clients
 
 SYNC_KINDS = ("thread", "greenlet")
 
@@ -240,22 +238,6 @@ def test_stop_with_500_clients_is_quick_and_every_client_sees_1001() -> None:
         """
     )
     server = app.start(port=0)
-    process = subprocess.Popen(
-        [sys.executable, "-c", script, server.url, "500"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready"
-        started = time.monotonic()
-        server.stop()
-        elapsed = time.monotonic() - started
-        out, err = process.communicate(timeout=20)
-    finally:
-        server.stop()
-        process.kill()
-        process.communicate()  # reaps it and closes the pipes
+    elapsed, out, err = time_stop_under_clients(server, script, 500, ready="ready", timeout=20)
     assert out.strip() == "[1001] 500", err
     assert elapsed < 2, elapsed
