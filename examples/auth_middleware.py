@@ -12,7 +12,7 @@ it found reaches the handler as ``request.ctx.user``.
 
 Only the websocket route is protected: the middleware looks at the matched
 route, so ``GET /`` (a public page) needs no token. Tokens come from
-``?token=`` or ``Authorization: Bearer``, as in ``auth.py``::
+``?token=`` or ``Authorization: Bearer``, read by ``auth.py``'s ``user_of``::
 
     python -m websockets "ws://127.0.0.1:8000/ws?token=alice-secret"
 
@@ -26,24 +26,12 @@ import argparse
 import logging
 from typing import Any
 
+from auth import user_of  # this folder: the same tokens as examples/auth.py
+
 import embedws
 from embedws.response import HTTPResponse, text
 
 logger = logging.getLogger("examples.auth_middleware")
-
-#: token → user, as in auth.py (a real program asks its user store).
-TOKENS = {"alice-secret": "alice", "bob-secret": "bob"}
-
-
-def token_of(request: Any) -> str | None:
-    """The token from ``?token=`` or from ``Authorization: Bearer <token>``."""
-    token = request.args.get("token")
-    if token:
-        return str(token)
-    scheme, _, value = (request.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
 
 
 def make_app() -> embedws.App:
@@ -57,8 +45,7 @@ def make_app() -> embedws.App:
         # an async middleware). Routes other than websockets pass untouched.
         if request.route is None or request.route.kind != "websocket":
             return None
-        token = token_of(request)
-        user = TOKENS.get(token) if token is not None else None
+        user = user_of(request)
         if user is None:
             logger.info("refused %s: missing or invalid token", request.path)
             return text(

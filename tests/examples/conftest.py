@@ -44,6 +44,8 @@ def load_example(name: str) -> ModuleType:
     module = sys.modules.get(module_name)
     if module is not None:
         return module
+    if str(EXAMPLES) not in sys.path:  # examples import each other, as when run as scripts
+        sys.path.append(str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
