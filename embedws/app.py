@@ -466,7 +466,9 @@ class App(_RouteTable):
     ) -> Mapping[str, HandlerRunner]:
         return {
             "async": AsyncRunner(loop),
-            "thread": ThreadRunner(loop, config.SYNC_HANDLER_THREADS),
+            "thread": ThreadRunner(
+                loop, config.SYNC_HANDLER_THREADS, batch_sched=config.SYNC_HANDLER_SCHED_BATCH
+            ),
             "greenlet": GreenletRunner(loop, config.LOOP_BLOCK_WARNING),
         }
 

@@ -63,6 +63,12 @@ def _choice(*choices: object) -> Callable[[str, Any], Any]:
     return check
 
 
+def _flag(key: str, value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be True or False, not {value!r}")
+    return value
+
+
 def _names() -> Callable[[str, Any], Any]:
     """None, ``"*"``, or a list of strings (stored as a tuple)."""
 
@@ -106,6 +112,9 @@ _KEYS: dict[str, _Key] = {
     "REAL_IP_HEADER": _Key(None, _optional_str, "header carrying the client address"),
     "SYNC_HANDLER_MODE": _Key("thread", _choice("thread", "greenlet"), "where sync handlers run"),
     "SYNC_HANDLER_THREADS": _Key(1000, _integer(minimum=1), "sync handlers at once"),
+    "SYNC_HANDLER_SCHED_BATCH": _Key(
+        True, _flag, "Linux: handler threads wait for the loop's pass instead of preempting it"
+    ),
     "MAX_CONNECTIONS": _Key(10000, _integer(minimum=1), "open connections"),
     "GRACEFUL_SHUTDOWN_TIMEOUT": _Key(15.0, _number(), "seconds stop() waits for handlers"),
     "LOOP_BLOCK_WARNING": _Key(
@@ -138,6 +147,7 @@ class Config(Mapping[str, Any]):
     REAL_IP_HEADER: str | None
     SYNC_HANDLER_MODE: str
     SYNC_HANDLER_THREADS: int
+    SYNC_HANDLER_SCHED_BATCH: bool
     MAX_CONNECTIONS: int
     GRACEFUL_SHUTDOWN_TIMEOUT: float
     LOOP_BLOCK_WARNING: float | None

@@ -28,6 +28,7 @@ DEFAULTS = {
     "REAL_IP_HEADER": None,
     "SYNC_HANDLER_MODE": "thread",
     "SYNC_HANDLER_THREADS": 1000,
+    "SYNC_HANDLER_SCHED_BATCH": True,
     "MAX_CONNECTIONS": 10000,
     "GRACEFUL_SHUTDOWN_TIMEOUT": 15,
     "LOOP_BLOCK_WARNING": None,
@@ -79,6 +80,7 @@ def test_an_unknown_key_is_a_clear_error_with_a_suggestion() -> None:
         ("WEBSOCKET_ORIGINS", 5, "None, '\\*' or a list of strings"),
         ("ALLOWED_HOSTS", ["ok", 1], "a list of strings"),
         ("REAL_IP_HEADER", 1, "a string or None"),
+        ("SYNC_HANDLER_SCHED_BATCH", 1, "SYNC_HANDLER_SCHED_BATCH must be True or False"),
     ],
 )
 def test_a_wrong_type_or_value_is_a_clear_error_naming_the_key(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import textwrap
 import threading
@@ -241,3 +242,24 @@ def test_stop_with_500_clients_is_quick_and_every_client_sees_1001() -> None:
     elapsed, out, err = time_stop_under_clients(server, script, 500, ready="ready", timeout=20)
     assert out.strip() == "[1001] 500", err
     assert elapsed < 2, elapsed
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+@pytest.mark.parametrize("batch", [True, False])
+def test_handler_threads_run_with_sched_batch_unless_configured_off(batch: bool) -> None:
+    app = embedws.App("sched", config={"SYNC_HANDLER_SCHED_BATCH": batch})
+    host_policy = os.sched_getscheduler(0)
+
+    @app.websocket("/")
+    def handler(request: Any, ws: Any) -> None:
+        started: list[int] = []
+        thread = threading.Thread(target=lambda: started.append(os.sched_getscheduler(0)))
+        thread.start()
+        thread.join()
+        ws.send(f"{os.sched_getscheduler(0)} {started[0]}")
+
+    with serving(app) as server, client(server.url + "/") as c:
+        policy, child = map(int, c.recv(timeout=5).split())
+    expected = os.SCHED_BATCH if batch else host_policy
+    assert (policy, child) == (expected, expected)  # threads a handler starts inherit it
+    assert os.sched_getscheduler(0) == host_policy  # the host's threads keep theirs
