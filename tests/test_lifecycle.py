@@ -363,3 +363,75 @@ def test_stop_is_idempotent_and_safe_from_many_threads() -> None:
         thread.join(10)
     assert server.wait(0)
     server.stop()
+
+
+def test_what_the_program_leaves_open_is_closed_with_1001_at_exit() -> None:
+    """A program that ends without stop() or close(): its peers see 1001, not 1006."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import embedws
+
+        app = embedws.App("left-open")
+
+        @app.websocket("/")
+        def echo(request, ws):
+            for message in ws:
+                ws.send(message)
+
+        @app.after_server_stop
+        def stopped(app):
+            print("stopped", flush=True)
+
+        server = app.start(port=0)
+        outgoing = embedws.sync.connect(sys.argv[1]).open()
+        outgoing.send("hi")
+        print(server.port, flush=True)
+        sys.stdin.readline()
+        # neither server.stop() nor outgoing.close(): the program just ends
+        """
+    )
+    received: list[Any] = []
+    outgoing_closed = threading.Event()
+
+    def remote(ws: Any) -> None:  # a server elsewhere that the program's client talks to
+        try:
+            for message in ws:
+                received.append(message)
+        finally:
+            received.append(ws.close_code)
+            outgoing_closed.set()
+
+    from websockets.sync.server import serve as sync_serve
+
+    with sync_serve(remote, "127.0.0.1", 0) as elsewhere:
+        threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+        url = f"ws://127.0.0.1:{elsewhere.socket.getsockname()[1]}/"
+        process = subprocess.Popen(
+            [sys.executable, "-c", script, url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            port = int(process.stdout.readline())
+            with client(f"ws://127.0.0.1:{port}/") as c:
+                c.send("hello")
+                assert c.recv(timeout=5) == "hello"
+                process.stdin.write("\n")
+                process.stdin.flush()
+                with pytest.raises(ConnectionClosed) as caught:
+                    c.recv(timeout=10)
+                assert caught.value.rcvd is not None and caught.value.rcvd.code == 1001
+            out, err = process.communicate(timeout=20)
+        finally:
+            process.kill()
+            process.communicate()
+        assert outgoing_closed.wait(10)
+        elsewhere.shutdown()
+    assert out.split() == ["stopped"], err
+    assert process.returncode == 0, err
+    assert received == ["hi", 1001]

@@ -33,7 +33,7 @@ from ..aio.connection import Connection
 from ..aio.connection import Websocket as AioWebsocket
 from ..message import Fragments
 from .greenlets import sleep
-from .loop import LoopThread
+from .loop import LoopThread, close_at_exit
 from .websocket import Websocket
 
 __all__ = ["ClientWebsocket", "Connect", "DirectWriteConnection", "connect"]
@@ -154,10 +154,11 @@ class ClientWebsocket(Websocket):
 
     Thread contract: as :class:`~embedws.sync.Websocket`. Use it as a context
     manager, or call :meth:`close`: the loop thread stops when the last client
-    and server are gone.
+    and server are gone. One still open when the interpreter exits is closed
+    with 1001 (going away).
     """
 
-    __slots__ = ("_loop_thread", "_released")
+    __slots__ = ("__weakref__", "_loop_thread", "_released")
 
     def __init__(self, conn: Connection, loop_thread: LoopThread) -> None:
         super().__init__(conn, loop_thread.ident)
@@ -165,6 +166,11 @@ class ClientWebsocket(Websocket):
             self._direct = conn
         self._loop_thread = loop_thread
         self._released = threading.Lock()  # held once the loop thread is released
+        close_at_exit(self, server=False)
+
+    def close_at_exit(self) -> None:
+        if not self.closed:
+            self.close(1001, "going away")
 
     @property
     def response(self) -> Any:

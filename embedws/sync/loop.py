@@ -29,7 +29,10 @@ would deadlock; :meth:`LoopThread.check_can_block` raises ``RuntimeError``.
 
 Shutdown order: servers close first (their handlers wake with
 ``WebsocketClosed``), then the last :meth:`LoopThread.release` stops the loop,
-cancels leftover tasks, closes the loop and joins the thread.
+cancels leftover tasks, closes the loop and joins the thread. At interpreter
+exit (:func:`close_at_exit`), sync clients and servers the program left open
+are closed with 1001 first: the loop thread is a daemon, and would otherwise
+die with their connections.
 
 Logging: while the loop thread runs, records of the ``embedws`` loggers go
 through a bounded queue to a logging thread, so a host whose stderr nobody
@@ -40,6 +43,7 @@ queue is full, records are dropped and counted.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import queue
@@ -63,6 +67,7 @@ __all__ = [
     "SendGate",
     "WakeBatch",
     "check_can_block",
+    "close_at_exit",
     "run_on_loop",
     "write_from_thread",
 ]
@@ -74,6 +79,40 @@ _T = TypeVar("_T")
 _CLOSED = object()  # the inbox sentinel: the connection is closed
 
 _lazy_lock = threading.Lock()  # guards the lazy creation of per-connection Events
+
+# What the program left open when the interpreter exits: sync clients, then servers.
+_left_open: tuple[weakref.WeakSet[Any], weakref.WeakSet[Any]] = (
+    weakref.WeakSet(),
+    weakref.WeakSet(),
+)
+_exit_lock = threading.Lock()  # guards _left_open and _exit_registered
+_exit_registered = False
+
+
+def close_at_exit(obj: Any, *, server: bool) -> None:
+    """Call ``obj.close_at_exit()`` at interpreter exit, unless it is gone by then.
+
+    The loop thread is a daemon: without this, a program that ends without
+    stopping its server or closing its clients drops every connection without
+    a close frame (peers see 1006), and ``after_server_stop`` never runs.
+    """
+    global _exit_registered
+    with _exit_lock:
+        if not _exit_registered:
+            atexit.register(_close_left_open)
+            _exit_registered = True
+        _left_open[server].add(obj)
+
+
+def _close_left_open() -> None:
+    for group in _left_open:  # clients first: their peers may be our own servers
+        with _exit_lock:
+            objs = list(group)
+        for obj in objs:
+            try:
+                obj.close_at_exit()
+            except Exception:
+                logger.exception("closing %r at exit failed", obj)
 
 
 class LoopThread:

@@ -20,7 +20,7 @@ from ..aio.server import Server as AsyncServer
 from ..aio.server import serve as aio_serve
 from ..tls import SSLArg
 from .client import Connect
-from .loop import LoopThread
+from .loop import LoopThread, close_at_exit
 from .runner import in_handler_thread
 
 __all__ = ["Server", "run_until_stopped", "start"]
@@ -31,7 +31,8 @@ class Server:
 
     Thread contract: every method is safe from any thread. ``stop()`` called on
     the loop thread, from a handler or from a listener starts the shutdown and
-    returns at once; elsewhere it returns when the shutdown is complete.
+    returns at once; elsewhere it returns when the shutdown is complete. A
+    server still running when the interpreter exits is stopped as by ``stop()``.
     """
 
     def __init__(self, loop_thread: LoopThread, server: AsyncServer) -> None:
@@ -42,6 +43,11 @@ class Server:
         self._finish_lock = threading.Lock()  # guards _finishing
         self._finishing = False
         loop_thread.call_soon(self._watch_closed)
+        close_at_exit(self, server=True)
+
+    def close_at_exit(self) -> None:
+        if not self._finished.is_set():
+            self.stop()
 
     def _watch_closed(self) -> None:
         task = self._server.loop.create_task(self._server.wait_closed())
