@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import struct
 import textwrap
 import threading
 import time
@@ -263,3 +264,89 @@ def test_handler_threads_run_with_sched_batch_unless_configured_off(batch: bool)
     expected = os.SCHED_BATCH if batch else host_policy
     assert (policy, child) == (expected, expected)  # threads a handler starts inherit it
     assert os.sched_getscheduler(0) == host_policy  # the host's threads keep theirs
+
+
+def test_no_frame_splits_a_message_the_socket_took_only_in_part(sync_kind: str) -> None:
+    """A handler's send the socket takes in part is finished before any other frame:
+    broadcasts from other threads, and the loop's pongs, come after its last byte.
+
+    Each message is 4 MiB in 4,096 fragments, more than the socket buffers take:
+    the handler thread writes fragment after fragment until the socket is full,
+    milliseconds in which the other threads' broadcasts reach the loop."""
+    from websockets.frames import Opcode
+
+    app = embedws.App("split")
+    ready = threading.Event()
+    count, fragments = 6, 4096
+
+    @app.websocket("/", mode=sync_kind)
+    def handler(request: Any, ws: Any) -> None:
+        app.room("r").add(ws)
+        ready.set()
+        for i in range(count):
+            ws.send(iter([f"{i:06d}"] + ["x" * 1024] * fragments))  # one fragmented message
+        ws.wait_closed(30)
+
+    def noise() -> None:
+        for j in range(400):
+            app.room("r").broadcast(f"b{j}")
+
+    texts: list[str] = []
+    parts: list[str] = []
+    with serving(app) as server:
+        raw = RawClient(server.port, "/")
+        assert ready.wait(5)
+        threads = [threading.Thread(target=noise) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 20
+        while len(texts) < count + 800 and time.monotonic() < deadline:
+            raw.send_frame(Opcode.PING.value, b"p")  # answered by the loop
+            for frame in raw.events(until_close=False, timeout=5):
+                assert frame.opcode in (Opcode.TEXT, Opcode.CONT, Opcode.PONG), frame
+                if frame.opcode is not Opcode.PONG:
+                    parts.append(frame.data.decode())
+                    if frame.fin:
+                        texts.append("".join(parts))
+                        parts.clear()
+        for thread in threads:
+            thread.join(5)
+        raw.close()
+    big = [text for text in texts if not text.startswith("b")]
+    assert [text[:6] for text in big] == [f"{i:06d}" for i in range(count)]
+    assert all(len(text) == 6 + 1024 * fragments for text in big)
+    assert sorted(text for text in texts if text.startswith("b")) == sorted(
+        f"b{j}" for j in range(400) for _ in range(2)
+    )
+
+
+def test_a_handler_writing_as_its_connection_goes_never_reaches_the_next_one() -> None:
+    """Handler threads write to the socket themselves; a descriptor closed under
+    them and reused by a new connection must never get their messages."""
+    from websockets.frames import Opcode
+
+    app = embedws.App("recycle")
+
+    @app.websocket("/<name>")
+    def flood(request: Any, ws: Any, name: str) -> None:
+        try:
+            while True:
+                ws.send(name)
+        except WebsocketClosed:
+            pass
+
+    with serving(app) as server:
+        for round_ in range(8):
+            clients = [RawClient(server.port, f"/c{round_}-{i}") for i in range(8)]
+            for i, raw in enumerate(clients):
+                texts: list[str] = []
+                while len(texts) < 20:
+                    frames = raw.events(until_close=False, timeout=5)
+                    assert frames, "no message came"
+                    texts += [f.data.decode() for f in frames if f.opcode is Opcode.TEXT]
+                assert set(texts) == {f"c{round_}-{i}"}
+            for i, raw in enumerate(clients):
+                if i % 2:  # an abortive close: the server sees a reset
+                    linger = struct.pack("ii", 1, 0)
+                    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                raw.close()

@@ -408,7 +408,9 @@ class Connection(asyncio.BufferedProtocol):
         Raises:
             WebsocketClosed: the connection is not open.
         """
-        if self.protocol.state is not OPEN or self._failed:
+        # A transport that is closing (its socket failed; connection_lost is
+        # on its way) would drop the bytes and log a warning for each write.
+        if self.protocol.state is not OPEN or self._failed or self.transport.is_closing():
             raise self.close_exc()
         self.frame_message(is_text, payload)
         self._flush()
@@ -430,6 +432,23 @@ class Connection(asyncio.BufferedProtocol):
             protocol.send_text(payload)
         else:
             protocol.send_binary(payload)
+
+    def write_fragment(self, is_text: bool, data: bytes, *, fin: bool) -> None:
+        """Write one frame of a fragmented message (the caller checked it is open)."""
+        protocol = self.protocol
+        if protocol.expect_continuation_frame:
+            protocol.send_continuation(data, fin=fin)
+        elif is_text:
+            protocol.send_text(data, fin=fin)
+        else:
+            protocol.send_binary(data, fin=fin)
+        self._flush()
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        """Write frames serialized elsewhere (a broadcast's, shared by its recipients)."""
+        transport = self.transport
+        for frame in frames:
+            transport.write(frame)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -770,16 +789,9 @@ class Websocket(Connection):
             busy.set_result(None)
 
     async def _send_fragment(self, is_text: bool, data: bytes, *, fin: bool) -> None:
-        protocol = self.protocol
-        if protocol.state is not OPEN or self._failed:
+        if self.protocol.state is not OPEN or self._failed:
             await self._wait_closed_then_raise()
-        if protocol.expect_continuation_frame:
-            protocol.send_continuation(data, fin=fin)
-        elif is_text:
-            protocol.send_text(data, fin=fin)
-        else:
-            protocol.send_binary(data, fin=fin)
-        self._flush()
+        self.write_fragment(is_text, data, fin=fin)
         if self._writing_paused:
             await self.drain()
 

@@ -33,7 +33,7 @@ class Crossing:
     Thread contract: :meth:`call` from any thread; the queued calls run on the loop.
     """
 
-    __slots__ = ("__weakref__", "_calls", "_loop", "_scheduled")
+    __slots__ = ("__weakref__", "_calls", "_loop", "_running", "_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # A weak reference: the crossings map must not keep dead loops alive.
@@ -42,6 +42,16 @@ class Crossing:
             collections.deque()
         )
         self._scheduled = False
+        self._running = False
+
+    def idle(self) -> bool:
+        """True when no call is queued or running.
+
+        A thread that sees it idle knows every call it made before has run:
+        calls are taken off the queue only by a run, which clears the flag
+        after the last of them returned.
+        """
+        return not self._calls and not self._running
 
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop soon, after the calls queued before it.
@@ -66,15 +76,19 @@ class Crossing:
 
     def _run(self) -> None:
         self._scheduled = False
+        self._running = True
         calls = self._calls
-        # Only what is queued now: a thread that keeps calling cannot starve
-        # the loop (what it adds later schedules a run of its own).
-        for _ in range(len(calls)):
-            fn, args = calls.popleft()
-            try:
-                fn(*args)
-            except Exception:
-                logger.exception("error in a call from another thread")
+        try:
+            # Only what is queued now: a thread that keeps calling cannot starve
+            # the loop (what it adds later schedules a run of its own).
+            for _ in range(len(calls)):
+                fn, args = calls.popleft()
+                try:
+                    fn(*args)
+                except Exception:
+                    logger.exception("error in a call from another thread")
+        finally:
+            self._running = False
 
 
 _crossings: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Crossing] = (

@@ -170,9 +170,9 @@ def write_to_all(conns: list[Connection], is_text: bool, payload: bytes | Fragme
     shared: list[bytes] | None = None
     for conn in conns:
         protocol = conn.protocol
-        if protocol.state is not OPEN or conn.lost or conn._failed:
-            continue
         transport = conn.transport
+        if protocol.state is not OPEN or conn._failed or transport.is_closing():
+            continue
         # Only a paused transport (above its high-water mark) can be that full.
         if conn.writing_paused:
             backlog = transport.get_write_buffer_size()
@@ -190,8 +190,7 @@ def write_to_all(conns: list[Connection], is_text: bool, payload: bytes | Fragme
             continue
         if shared is None:
             shared = _serialize(is_text, payload)
-        for frame in shared:
-            transport.write(frame)
+        conn.write_frames(shared)
 
 
 def _serialize(is_text: bool, payload: bytes | Fragments) -> list[bytes]:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from ..errors import WebsocketClosed
 from ..request import Request
-from .connection import Connection
+from .connection import Connection, Websocket
 
 __all__ = ["AsyncRunner", "HandlerRunner", "log_handler_crash"]
 
@@ -27,6 +27,8 @@ class HandlerRunner(Protocol):
 
     Thread contract: every method but ``join`` is called on the event loop.
     """
+
+    connection_class: type[Websocket]  # what its websockets are made of
 
     def has_capacity(self) -> bool:
         """Whether one more websocket handler may start now."""
@@ -58,6 +60,8 @@ def log_handler_crash(handler: Callable[..., Any], request: Request | None) -> N
 
 class AsyncRunner:
     """Runs ``async def`` handlers as tasks on the loop."""
+
+    connection_class: type[Websocket] = Websocket
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop

@@ -36,7 +36,7 @@ from ..response import HTTPResponse
 from ..routing import Route, Router
 from ..security import is_loopback_address
 from ..tls import SSLArg, server_context
-from .connection import Connection, Settings, Websocket, protocol_logger, read_buffer_for
+from .connection import Connection, Settings, protocol_logger, read_buffer_for
 from .http import HTTPConnection
 from .runner import HandlerRunner
 
@@ -238,7 +238,8 @@ class Server:
         trailing: bytes,
     ) -> Connection:
         """Turn an upgraded socket into a websocket and start its handler."""
-        conn = Websocket(
+        runner = self.runner_for(route)
+        conn = runner.connection_class(
             protocol,
             self.settings,
             self.loop,
@@ -249,7 +250,7 @@ class Server:
         )
         self._websockets.add(conn)
         # The runner installs its consumer before any byte is fed to the connection.
-        self.runner_for(route).start(conn, request, route.handler, params)
+        runner.start(conn, request, route.handler, params)
         self.app.connection_opened(conn)
         conn.attach(transport, head, trailing)
         return conn

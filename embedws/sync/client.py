@@ -4,149 +4,27 @@ The connection runs on the shared loop thread (started on first use, stopped
 when the last client and server are gone); the websocket it gives is the same
 thread-safe :class:`~embedws.sync.Websocket` that sync handlers get.
 
-Direct writes
--------------
-A client's ``send`` is usually followed by a ``recv``: handing each message to
-the loop would cost a wake-up of the loop thread per round trip. So a plain TCP
-client (not TLS) writes from the calling thread, to its own duplicate of the
-socket's descriptor, when that keeps the order: nothing in the transport's
-buffer and no write of this connection queued for the loop. Everything that
-touches the Sans-I/O protocol or writes, on the loop or in a calling thread,
-holds the connection's ``write_lock``, so frames never interleave and the
-protocol's state is never shared unguarded. A write the socket only partly
-takes hands the rest to the loop; later writes follow it there, in order.
+A plain TCP client's ``send`` writes from the calling thread when that keeps
+the order (``embedws/sync/direct.py``): a client usually sends and then waits
+for the answer, and handing each message to the loop would cost a wake-up of
+the loop thread per round trip.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from websockets.protocol import OPEN
-
 from ..aio.client import ConnectSpec, open_connection
 from ..aio.connection import Connection
-from ..aio.connection import Websocket as AioWebsocket
-from ..message import Fragments
+from .direct import DirectWriteConnection
 from .greenlets import sleep
 from .loop import LoopThread, close_at_exit
 from .websocket import Websocket
 
-__all__ = ["ClientWebsocket", "Connect", "DirectWriteConnection", "connect"]
-
-
-class DirectWriteConnection(AioWebsocket):
-    """A client connection that calling threads may write to directly.
-
-    Thread contract: the loop-side methods run on the loop, as for any
-    connection; :meth:`try_send` and :meth:`queued_write` from any thread.
-    """
-
-    __slots__ = ("_direct", "_pending", "_queued", "write_lock")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Guards the protocol and every write; reentrant: a failure while
-        # reading (say, invalid UTF-8) fails the connection from inside.
-        self.write_lock = threading.RLock()
-        self._direct: socket.socket | None = None
-        self._pending = 0  # writes of this connection handed to the loop, not yet done
-
-    def enable_direct_writes(self) -> None:
-        """On the loop, once open: duplicate the socket for calling threads."""
-        if self.transport.get_extra_info("sslcontext") is not None:
-            return  # TLS state lives in the transport: writes go through the loop
-        raw = self.transport.get_extra_info("socket")
-        if raw is None:
-            return
-        # A duplicate descriptor: when the loop closes its own, a calling
-        # thread can never write to a recycled descriptor number.
-        self._direct = socket.socket(fileno=os.dup(raw.fileno()))
-
-    def try_send(self, is_text: bool, payload: bytes | Fragments) -> bool:
-        """Write one message from the calling thread, if that keeps the order."""
-        with self.write_lock:
-            direct = self._direct
-            if (
-                direct is None
-                or self._pending
-                or self.protocol.state is not OPEN
-                or self._failed
-                or self.transport.get_write_buffer_size()
-            ):
-                return False
-            self.frame_message(is_text, payload)
-            rest = b""
-            for data in self.protocol.data_to_send():  # data frames only: no end of stream here
-                if rest:
-                    rest += data
-                    continue
-                try:
-                    sent = direct.send(data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    return True  # the peer is gone: the loop sees it and closes
-                if sent < len(data):
-                    rest = data[sent:]
-            if rest:
-                self._pending += 1
-                self.crossing.call(self._write_rest, rest)
-            return True
-
-    def queued_write(self) -> None:
-        """A calling thread hands a write of this connection to the loop."""
-        with self.write_lock:
-            self._pending += 1
-
-    def _write_rest(self, data: bytes) -> None:
-        with self.write_lock:
-            self._pending -= 1
-            if not self._lost:
-                self.transport.write(data)
-
-    # Everything that touches the protocol on the loop, under the lock -------------
-
-    def data_received(self, data: bytes) -> None:
-        with self.write_lock:
-            super().data_received(data)
-
-    def eof_received(self) -> bool | None:
-        with self.write_lock:
-            return super().eof_received()
-
-    def write_message(self, is_text: bool, payload: bytes | Fragments) -> None:
-        with self.write_lock:
-            if self._pending:  # one handed over by a calling thread: it is done now
-                self._pending -= 1
-            super().write_message(is_text, payload)
-
-    def send_ping(self, data: bytes | None, waiter: Any) -> bytes:
-        with self.write_lock:
-            return super().send_ping(data, waiter)
-
-    def send_pong(self, data: bytes) -> None:
-        with self.write_lock:
-            super().send_pong(data)
-
-    def start_close(self, code: int = 1000, reason: str = "") -> None:
-        with self.write_lock:
-            super().start_close(code, reason)
-
-    def fail(self, code: int, reason: str = "") -> None:
-        with self.write_lock:
-            super().fail(code, reason)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        with self.write_lock:
-            if self._direct is not None:
-                self._direct.close()
-                self._direct = None
-            super().connection_lost(exc)
+__all__ = ["ClientWebsocket", "Connect", "connect"]
 
 
 class ClientWebsocket(Websocket):
@@ -162,8 +40,6 @@ class ClientWebsocket(Websocket):
 
     def __init__(self, conn: Connection, loop_thread: LoopThread) -> None:
         super().__init__(conn, loop_thread.ident)
-        if isinstance(conn, DirectWriteConnection):
-            self._direct = conn
         self._loop_thread = loop_thread
         self._released = threading.Lock()  # held once the loop thread is released
         close_at_exit(self, server=False)

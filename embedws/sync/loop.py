@@ -69,6 +69,7 @@ __all__ = [
     "check_can_block",
     "close_at_exit",
     "run_on_loop",
+    "wake_batch_for",
     "write_from_thread",
 ]
 
@@ -276,10 +277,13 @@ class WakeBatch:
     Thread contract: the loop thread only.
     """
 
-    __slots__ = ("__weakref__", "_held")
+    __slots__ = ("__weakref__", "_held", "waiting")
 
     def __init__(self) -> None:
         self._held: list[tuple[Inbox, str | bytes]] = []
+        # True while the loop thread waits for I/O (read from any thread): a
+        # direct write then takes nothing from the loop (sync/direct.py).
+        self.waiting = False
 
     def hold(self, inbox: Inbox, message: str | bytes) -> None:
         self._held.append((inbox, message))
@@ -302,8 +306,13 @@ class _FlushingSelector(selectors.DefaultSelector):
         self._wakes = wakes
 
     def select(self, timeout: float | None = None) -> Any:
-        self._wakes.flush()
-        return super().select(timeout)
+        wakes = self._wakes
+        wakes.flush()
+        wakes.waiting = True
+        try:
+            return super().select(timeout)
+        finally:
+            wakes.waiting = False
 
 
 # Only loops of our own loop threads batch; on a loop we do not drive (an
@@ -311,6 +320,11 @@ class _FlushingSelector(selectors.DefaultSelector):
 _wake_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WakeBatch] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def wake_batch_for(loop: asyncio.AbstractEventLoop) -> WakeBatch | None:
+    """The wake batch of one of our loop threads' loops; ``None`` for other loops."""
+    return _wake_batches.get(loop)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -344,7 +358,7 @@ class Inbox:
     def __init__(self, conn: Connection, gate: SendGate, *, batch_wakes: bool = False) -> None:
         self._conn = conn
         self._gate = gate
-        self._wakes = _wake_batches.get(conn.loop) if batch_wakes else None
+        self._wakes = wake_batch_for(conn.loop) if batch_wakes else None
         self._deferred = 0  # messages of this inbox held in the wake batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.closed = False
@@ -455,12 +469,21 @@ class Inbox:
         return cast("str | bytes", message)
 
 
+# What a message costs at the gate besides its bytes: the loop's work per
+# message (a call, a frame, a write), so that a thread sending tiny messages
+# as fast as it can gets at most limit/1024 ahead of the loop, not thousands
+# (which would hold the loop for many milliseconds per pass, the other
+# connections and new handshakes waiting behind them).
+_MESSAGE_COST = 1024
+
+
 class SendGate:
     """Bounds the bytes of one connection handed to the loop but not yet written.
 
-    Senders wait while more than ``limit`` bytes are in flight or while the
-    transport's write buffer is above its high-water mark. A single message
-    larger than ``limit`` passes when nothing else is in flight.
+    Senders wait while more than ``limit`` bytes are in flight (each message
+    counting 1 KiB more than its size) or while the transport's write buffer
+    is above its high-water mark. A single message larger than ``limit``
+    passes when nothing else is in flight.
 
     Thread contract: ``acquire`` from any thread; the rest on the loop.
     """
@@ -478,6 +501,7 @@ class SendGate:
 
     def acquire(self, size: int, timeout: float) -> bool:
         """Reserve ``size`` bytes; False if the gate stayed shut for ``timeout`` seconds."""
+        size += _MESSAGE_COST
         deadline = 0.0
         while True:
             with self._lock:
@@ -498,8 +522,9 @@ class SendGate:
                 return False
 
     def release(self, size: int) -> None:
+        """Give back what ``acquire(size)`` reserved: the message was written."""
         with self._lock:
-            self._inflight -= size
+            self._inflight -= size + _MESSAGE_COST
             # Event.set takes a lock and notifies: only when someone may wait.
             ready = self._ready
             if ready is not None and not self._paused and not ready.is_set():

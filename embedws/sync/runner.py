@@ -26,9 +26,11 @@ from typing import Any
 import greenlet
 
 from ..aio.connection import Connection
+from ..aio.connection import Websocket as AioWebsocket
 from ..aio.runner import log_handler_crash
 from ..errors import ServiceUnavailable, WebsocketClosed
 from ..request import Request
+from .direct import DirectWriteConnection
 from .greenlets import blocking_watch, check_blocked
 from .websocket import Websocket
 
@@ -210,6 +212,9 @@ class _Running:
 class ThreadRunner:
     """Runs ``def`` handlers on a :class:`HandlerPool` (thread mode)."""
 
+    # Handler threads write their sends to the socket themselves when they can.
+    connection_class: type[AioWebsocket] = DirectWriteConnection
+
     def __init__(
         self, loop: asyncio.AbstractEventLoop, max_threads: int, *, batch_sched: bool = True
     ) -> None:
@@ -317,6 +322,8 @@ def _finish(conn: Connection, code: int, reason: str, job: _HandlerJob) -> None:
 
 class GreenletRunner:
     """Runs ``def`` handlers in greenlets on the loop thread (greenlet mode)."""
+
+    connection_class: type[AioWebsocket] = AioWebsocket
 
     def __init__(self, loop: asyncio.AbstractEventLoop, block_warning: float | None = None) -> None:
         self._loop = loop

@@ -19,6 +19,7 @@ from ..errors import ConcurrencyError, WebsocketClosed
 from ..message import Fragments, encode_message
 from ..request import Request
 from ..state import State
+from .direct import DirectWriteConnection
 from .greenlets import park_for_message, park_until_closed, wait_writable
 from .loop import Inbox, PingWaiter, SendGate, check_can_block, write_from_thread
 
@@ -42,7 +43,8 @@ class Websocket:
         self._gate = SendGate(conn.settings.write_limit)
         self._inbox = Inbox(conn, self._gate, batch_wakes=batch_wakes)
         self._recv_lock = threading.Lock()  # held by the one caller inside recv()
-        self._direct: Any = None  # a client's direct-write connection (sync/client.py)
+        # Sends from other threads may write to the socket themselves (direct.py).
+        self._direct = conn if isinstance(conn, DirectWriteConnection) else None
         conn.set_consumer(self._inbox)
         conn.facade = self
 
@@ -51,8 +53,9 @@ class Websocket:
     def send(self, data: Any, encoding: str = "text") -> None:
         """Send one message (see :meth:`embedws.aio.Websocket.send` for the types).
 
-        Returns once the message is handed to the event loop; blocks while the
-        peer is slow to read, at most ``WEBSOCKET_WRITE_TIMEOUT``.
+        Returns once the message is written to the socket or handed to the
+        event loop; blocks while the peer is slow to read, at most
+        ``WEBSOCKET_WRITE_TIMEOUT``.
 
         Raises:
             WebsocketClosed: the connection is closed or closing.
@@ -72,8 +75,6 @@ class Websocket:
         if not self._gate.acquire(size, conn.settings.write_timeout):
             self._call_soon(conn.fail, 1011, "write timeout")
             self._raise_closed()
-        if direct is not None:
-            direct.queued_write()  # later direct writes wait for this one
         try:
             conn.crossing.call(write_from_thread, conn, is_text, payload, self._gate, size)
         except RuntimeError:  # the loop is gone
