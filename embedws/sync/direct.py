@@ -11,8 +11,11 @@ loop or running there (:meth:`~embedws.aio.crossing.Crossing.idle`), so
 nothing this thread asked of the loop before (a send, a broadcast, a ping, a
 close) can be overtaken.
 
-While the loop is busy, sends go through it as usual, bounded by the send
-gate: a handler that sends as fast as it can is then paced by the loop instead
+Threads that one pass of the loop woke together (many busy connections) send
+through the loop too: it writes all their replies in one pass, where each
+thread writing its own would wake the loop for every reply that comes back
+(``Inbox.crowded``). While the loop is busy, sends go through it as usual,
+bounded by the send gate: a handler that sends as fast as it can is then paced by the loop instead
 of taking the GIL from it (a thread that never blocks gets the GIL back every
 few microseconds; the loop waiting for it, only every switch interval, 5 ms).
 

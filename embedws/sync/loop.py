@@ -293,8 +293,12 @@ class WakeBatch:
         held = self._held
         if held:
             self._held = []
+            # Threads woken together reply together: their sends go through the
+            # loop, which writes them all in one pass (see sync/direct.py).
+            crowded = len(held) > 1
             for inbox, message in held:
                 inbox._deferred -= 1
+                inbox.crowded = crowded
                 inbox._queue.put(message)
 
 
@@ -351,6 +355,7 @@ class Inbox:
         "_queue",
         "_wakes",
         "closed",
+        "crowded",
         "parked",
         "watchers",
     )
@@ -362,6 +367,7 @@ class Inbox:
         self._deferred = 0  # messages of this inbox held in the wake batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.closed = False
+        self.crowded = False  # its last message woke its reader with other threads
         # Made only when a thread waits for the close: an Event costs about a
         # kilobyte, and most websockets never need one.
         self._closed_event: threading.Event | None = None

@@ -69,7 +69,7 @@ class Websocket:
             self._send_on_loop(is_text, payload)
             return
         direct = self._direct
-        if direct is not None and direct.try_send(is_text, payload):
+        if direct is not None and not self._inbox.crowded and direct.try_send(is_text, payload):
             return
         size = sum(map(len, payload)) if type(payload) is Fragments else len(payload)
         if not self._gate.acquire(size, conn.settings.write_timeout):
