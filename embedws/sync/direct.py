@@ -164,10 +164,13 @@ class DirectWriteConnection(AioWebsocket):
             super().write_message(is_text, payload)
 
     def write_frames(self, frames: list[bytes]) -> None:
+        # Once per recipient of every broadcast: no super() call.
         with self.write_lock:
             if self._rest:
                 self._write_rest()
-            super().write_frames(frames)
+            transport = self.transport
+            for frame in frames:
+                transport.write(frame)
 
     def write_fragment(self, is_text: bool, data: bytes, *, fin: bool) -> None:
         with self.write_lock:
