@@ -59,6 +59,20 @@ def echo_handlers() -> tuple[Callable[..., Any], Callable[..., Any]]:
     return echo, aecho
 
 
+# The start of the programs that tests run in a subprocess: an echo app on "/".
+ECHO_PROGRAM = """
+import sys
+import embedws
+
+app = embedws.App("program")
+
+@app.websocket("/")
+def echo(request, ws):
+    for message in ws:
+        ws.send(message)
+"""
+
+
 @contextlib.contextmanager
 def serving(app: embedws.App, **config: Any) -> Iterator[embedws.sync.Server]:
     """Serve ``app`` on a free loopback port for the block; stop afterwards."""

@@ -35,7 +35,7 @@ from embedws.errors import (
 )
 from embedws.response import HTTPResponse, redirect, text
 
-from .conftest import echo_handlers, serving
+from .conftest import ECHO_PROGRAM, echo_handlers, serving
 
 
 def fast_delays() -> Iterator[float]:
@@ -519,17 +519,8 @@ def test_the_interpreter_exits_promptly_with_a_client_and_a_server_still_open() 
     import textwrap
     import time
 
-    script = textwrap.dedent(
+    script = ECHO_PROGRAM + textwrap.dedent(
         """
-        import embedws
-
-        app = embedws.App("left-open")
-
-        @app.websocket("/")
-        def echo(request, ws):
-            for message in ws:
-                ws.send(message)
-
         server = app.start(port=0)
         ws = server.connect("/").open()
         ws.send("hi")

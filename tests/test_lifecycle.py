@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 import embedws
 from embedws.response import HTTPResponse, text
 
-from .conftest import add_handler, client, echo_handlers, serving
+from .conftest import ECHO_PROGRAM, add_handler, client, echo_handlers, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,18 +164,8 @@ def test_run_from_another_thread_and_stop() -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals) -> None:
-    script = textwrap.dedent(
+    script = ECHO_PROGRAM + textwrap.dedent(
         """
-        import sys
-        import embedws
-
-        app = embedws.App("signal")
-
-        @app.websocket("/")
-        def echo(request, ws):
-            for message in ws:
-                ws.send(message)
-
         @app.after_server_start
         def ready(app):
             print("ready", flush=True)
@@ -367,18 +357,8 @@ def test_stop_is_idempotent_and_safe_from_many_threads() -> None:
 
 def test_what_the_program_leaves_open_is_closed_with_1001_at_exit() -> None:
     """A program that ends without stop() or close(): its peers see 1001, not 1006."""
-    script = textwrap.dedent(
+    script = ECHO_PROGRAM + textwrap.dedent(
         """
-        import sys
-        import embedws
-
-        app = embedws.App("left-open")
-
-        @app.websocket("/")
-        def echo(request, ws):
-            for message in ws:
-                ws.send(message)
-
         @app.after_server_stop
         def stopped(app):
             print("stopped", flush=True)
