@@ -12,6 +12,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,17 @@ def test_run_from_another_thread_and_stop() -> None:
     assert not runner.is_alive()
 
 
+def echo_then_going_away(url: str, end: Callable[[], object]) -> None:
+    """Echo once on ``url``, call ``end``, and expect the server's close to be 1001."""
+    with client(url) as c:
+        c.send("hi")
+        assert c.recv(timeout=5) == "hi"
+        end()
+        with pytest.raises(ConnectionClosed) as caught:
+            c.recv(timeout=10)
+        assert caught.value.rcvd is not None and caught.value.rcvd.code == 1001
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals) -> None:
     script = ECHO_PROGRAM + textwrap.dedent(
@@ -191,13 +203,7 @@ def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready"
-        with client(f"ws://127.0.0.1:{port}/") as c:
-            c.send("hi")
-            assert c.recv(timeout=5) == "hi"
-            process.send_signal(sig)
-            with pytest.raises(ConnectionClosed) as caught:
-                c.recv(timeout=5)
-            assert caught.value.rcvd is not None and caught.value.rcvd.code == 1001
+        echo_then_going_away(f"ws://127.0.0.1:{port}/", lambda: process.send_signal(sig))
         out, err = process.communicate(timeout=10)
     finally:
         process.kill()
@@ -398,14 +404,13 @@ def test_what_the_program_leaves_open_is_closed_with_1001_at_exit() -> None:
         try:
             assert process.stdin is not None and process.stdout is not None
             port = int(process.stdout.readline())
-            with client(f"ws://127.0.0.1:{port}/") as c:
-                c.send("hello")
-                assert c.recv(timeout=5) == "hello"
-                process.stdin.write("\n")
-                process.stdin.flush()
-                with pytest.raises(ConnectionClosed) as caught:
-                    c.recv(timeout=10)
-                assert caught.value.rcvd is not None and caught.value.rcvd.code == 1001
+            stdin = process.stdin
+
+            def end_the_program() -> None:
+                stdin.write("\n")
+                stdin.flush()
+
+            echo_then_going_away(f"ws://127.0.0.1:{port}/", end_the_program)
             out, err = process.communicate(timeout=20)
         finally:
             process.kill()
