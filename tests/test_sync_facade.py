@@ -270,14 +270,15 @@ def test_no_frame_splits_a_message_the_socket_took_only_in_part(sync_kind: str) 
     """A handler's send the socket takes in part is finished before any other frame:
     broadcasts from other threads, and the loop's pongs, come after its last byte.
 
-    Each message is 4 MiB in 4,096 fragments, more than the socket buffers take:
-    the handler thread writes fragment after fragment until the socket is full,
-    milliseconds in which the other threads' broadcasts reach the loop."""
+    Each message is 512 KiB in 512 fragments: the handler thread writes fragment
+    after fragment until the socket is full, a window in which the other threads'
+    broadcasts reach the loop. (Not larger: a recipient 1 MiB behind when a
+    broadcast comes is dropped as a slow reader.)"""
     from websockets.frames import Opcode
 
     app = embedws.App("split")
     ready = threading.Event()
-    count, fragments = 6, 4096
+    count, fragments = 12, 512
 
     @app.websocket("/", mode=sync_kind)
     def handler(request: Any, ws: Any) -> None:

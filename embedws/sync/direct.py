@@ -15,13 +15,14 @@ Threads that one pass of the loop woke together (many busy connections) send
 through the loop too: it writes all their replies in one pass, where each
 thread writing its own would wake the loop for every reply that comes back
 (``Inbox.crowded``). While the loop is busy, sends go through it as usual,
-bounded by the send gate: a handler that sends as fast as it can is then paced by the loop instead
-of taking the GIL from it (a thread that never blocks gets the GIL back every
-few microseconds; the loop waiting for it, only every switch interval, 5 ms).
+bounded by the send gate: a handler that sends as fast as it can is then
+paced by the loop instead of taking the GIL from it (a thread that never
+blocks gets the GIL back every few microseconds; the loop waiting for it, only
+every switch interval, 5 ms).
 
-Everything that touches the Sans-I/O protocol or writes, on the
-loop or in a calling thread, holds the connection's ``write_lock``: frames
-never interleave and the protocol's state is never shared unguarded.
+Everything that touches the Sans-I/O protocol or writes, on the loop or in a
+calling thread, holds the connection's ``write_lock``: frames never interleave
+and the protocol's state is never shared unguarded.
 
 A write the socket takes only in part leaves the rest of the message in
 ``_rest``, under the lock, and asks the loop to write it. Until then every
@@ -112,10 +113,10 @@ class DirectWriteConnection(AioWebsocket):
             ):
                 return False
             self.frame_message(is_text, payload)
-            rest = b""
+            rest: list[bytes] = []
             for data in self.protocol.data_to_send():  # data frames only: no end of stream here
                 if rest:
-                    rest += data
+                    rest.append(data)
                     continue
                 try:
                     sent = os.write(fileno, data)
@@ -123,14 +124,20 @@ class DirectWriteConnection(AioWebsocket):
                     sent = 0
                 except OSError:  # the peer is gone: like TCP, what was sent is lost
                     self._fileno = -1
-                    self.crossing.call(self._write_failed)
+                    self._call_loop(self._write_failed)
                     return True
                 if sent < len(data):
-                    rest = data[sent:]
+                    rest.append(data[sent:])
             if rest:
-                self._rest = rest
-                self.crossing.call(self._write_rest)
+                self._rest = b"".join(rest)
+                self._call_loop(self._write_rest)
             return True
+
+    def _call_loop(self, fn: Any) -> None:
+        try:
+            self.crossing.call(fn)
+        except RuntimeError:  # the loop is closed, and the connection with it
+            self._fileno = -1
 
     def _write_rest(self) -> None:
         with self.write_lock:
