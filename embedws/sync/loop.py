@@ -19,7 +19,9 @@ Code on other threads never touches loop objects directly; it crosses with:
   interleave and one thread's messages and broadcasts keep their order. The
   gate bounds the bytes handed over but not yet written, and blocks senders
   while the transport's buffer is above its high-water mark, at most
-  ``WEBSOCKET_WRITE_TIMEOUT``.
+  ``WEBSOCKET_WRITE_TIMEOUT``. The exception: on a plain TCP connection whose
+  loop waits for I/O, with nothing queued that the message could overtake,
+  the calling thread writes the message itself (``embedws/sync/direct.py``).
 * **waits for the loop** (:class:`PingWaiter`, :func:`run_on_loop`): rare
   operations that need an answer use a ``threading.Event`` or a
   ``concurrent.futures.Future``, always with a timeout.
