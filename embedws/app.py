@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 
 from .aio.connection import Connection
 from .aio.registry import Connections, Registry, Room
-from .aio.runner import AsyncRunner, HandlerRunner
+from .aio.runner import AsyncRunner, HandlerRunner, HookRunner
 from .aio.server import Server as AsyncServer
 from .config import Config
 from .errors import RouteError
 from .routing import Route, RouteKind, Router, hosts_tuple, make_uri
-from .sync.runner import GreenletRunner, ThreadRunner
+from .sync.runner import GreenletRunner, ThreadHookRunner, ThreadRunner
 from .sync.server import Server, run_until_stopped, start
 from .tls import SSLArg
 
@@ -310,14 +310,18 @@ class App(_RouteTable):
         """Run ``middleware(request)`` before each handler and handshake.
 
         Returning an ``HTTPResponse`` answers with it (a refused handshake);
-        what it puts on ``request.ctx`` reaches the handler. Sync middleware
-        runs on the event loop and must not block.
+        what it puts on ``request.ctx`` reaches the handler. A ``def``
+        middleware may block (a database lookup): it runs on a thread of its
+        own, off the event loop; an ``async def`` one runs on the loop.
         """
         self._request_middleware.append(middleware)
         return middleware
 
     def on_response(self, middleware: _F) -> _F:
-        """Run ``middleware(request, response)`` on every HTTP response and on the 101."""
+        """Run ``middleware(request, response)`` on every HTTP response and on the 101.
+
+        As with :meth:`on_request`, a ``def`` middleware runs off the event loop.
+        """
         self._response_middleware.append(middleware)
         return middleware
 
@@ -328,7 +332,12 @@ class App(_RouteTable):
         return self.on_request if kind == "request" else self.on_response
 
     def listener(self, event: str) -> Callable[[_F], _F]:
-        """Decorate ``listener(app)`` for one of the four server events."""
+        """Decorate ``listener(app)`` for one of the four server events.
+
+        A ``def`` listener may block: it runs off the event loop, so it delays
+        only the ``start``/``stop`` call that runs it, never serving; an
+        ``async def`` one runs on the loop.
+        """
         if event not in LISTENER_EVENTS:
             raise ValueError(f"unknown listener event {event!r}; one of {LISTENER_EVENTS}")
 
@@ -471,6 +480,9 @@ class App(_RouteTable):
             ),
             "greenlet": GreenletRunner(loop, config.LOOP_BLOCK_WARNING),
         }
+
+    def hook_runner(self, loop: asyncio.AbstractEventLoop, config: Config) -> HookRunner:
+        return ThreadHookRunner(loop, config.SYNC_HANDLER_THREADS)
 
     def server_started(self, server: AsyncServer) -> None:
         with self._running_lock:

@@ -40,9 +40,9 @@ def make_app() -> embedws.App:
 
     @app.on_request
     def authenticate(request: Any) -> HTTPResponse | None:
-        # Runs on the event loop before every handler and handshake: it must
-        # not block (a dictionary lookup is fine; a database call belongs in
-        # an async middleware). Routes other than websockets pass untouched.
+        # Runs before every handler and handshake, on a thread of its own (a
+        # def middleware runs off the event loop): a database call here would
+        # stall no connection. Routes other than websockets pass untouched.
         if request.route is None or request.route.kind != "websocket":
             return None
         user = user_of(request)

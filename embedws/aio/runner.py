@@ -17,7 +17,7 @@ from ..errors import WebsocketClosed
 from ..request import Request
 from .connection import Connection, Websocket
 
-__all__ = ["AsyncRunner", "HandlerRunner", "log_handler_crash"]
+__all__ = ["AsyncRunner", "HandlerRunner", "HookRunner", "is_async_callable", "log_handler_crash"]
 
 logger = logging.getLogger("embedws.server")
 
@@ -50,6 +50,40 @@ class HandlerRunner(Protocol):
 
     def join(self, timeout: float) -> None:
         """Join worker threads (called off the loop, after ``shutdown``)."""
+
+
+class HookRunner(Protocol):
+    """Runs the app's ``def`` middleware and listeners off the event loop.
+
+    They may block (a database lookup, a file flushed at shutdown): on the
+    loop they would stall every connection. Thread contract: ``call`` and
+    ``close`` on the event loop; ``join`` off it, after ``close``.
+    """
+
+    async def call(self, fn: Callable[..., Any], /, *args: Any, reserved: bool = False) -> Any:
+        """Run ``fn(*args)`` off the loop and return its result (or raise its error).
+
+        ``reserved`` runs it even when every thread is busy (listeners:
+        a shutdown must not wait for a free thread).
+
+        Raises:
+            ServiceUnavailable: every hook thread is busy (unless ``reserved``).
+        """
+
+    def close(self) -> None:
+        """Let idle threads exit once the server has stopped."""
+
+    def join(self, timeout: float) -> None:
+        """Join the threads until ``timeout``."""
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True for an ``async def`` function, or an object whose ``__call__`` is one."""
+    return any(
+        inspect.iscoroutinefunction(candidate)
+        # An object's own async __call__ counts (callable() cannot tell).
+        for candidate in (fn, inspect.unwrap(fn), getattr(fn, "__call__", None))  # noqa: B004
+    )
 
 
 def log_handler_crash(handler: Callable[..., Any], request: Request | None) -> None:

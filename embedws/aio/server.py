@@ -38,7 +38,7 @@ from ..security import is_loopback_address
 from ..tls import SSLArg, server_context
 from .connection import Connection, Settings, protocol_logger, read_buffer_for
 from .http import HTTPConnection
-from .runner import HandlerRunner
+from .runner import HandlerRunner, HookRunner, is_async_callable
 
 __all__ = ["ServedApp", "Server", "serve"]
 
@@ -61,6 +61,7 @@ class ServedApp(Protocol):
     def handler_runners(
         self, loop: asyncio.AbstractEventLoop, config: Config
     ) -> Mapping[str, HandlerRunner]: ...
+    def hook_runner(self, loop: asyncio.AbstractEventLoop, config: Config) -> HookRunner: ...
     def server_started(self, server: Server) -> None: ...
     def server_stopped(self, server: Server) -> None: ...
     def next_connection_id(self) -> int: ...
@@ -68,10 +69,14 @@ class ServedApp(Protocol):
     def connection_closed(self, conn: Connection) -> None: ...
 
 
-async def _maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value
+class _Hook:
+    """A middleware or listener, and where it runs: ``async def`` on the loop, ``def`` off it."""
+
+    __slots__ = ("fn", "on_loop")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.on_loop = is_async_callable(fn)
 
 
 class Server:
@@ -100,6 +105,9 @@ class Server:
         self.named_hosts: frozenset[str] = frozenset()
         self.closing = False
         self._runners: Mapping[str, HandlerRunner] = {}
+        self._hooks: HookRunner | None = None
+        self._request_middleware = [_Hook(fn) for fn in app.request_middleware]
+        self._response_middleware = [_Hook(fn) for fn in app.response_middleware]
         self._servers: list[asyncio.Server] = []
         self._http: set[HTTPConnection] = set()
         self._websockets: set[Connection] = set()
@@ -131,6 +139,7 @@ class Server:
         self.tls = context is not None
         self.named_hosts = self.router.named_hosts()
         self._runners = self.app.handler_runners(self.loop, self.config)
+        self._hooks = self.app.hook_runner(self.loop, self.config)
         await self._run_listeners("before_server_start", raise_errors=True)
         options: dict[str, Any] = {
             "ssl": context,
@@ -267,13 +276,24 @@ class Server:
         if emptied is not None and not emptied.done() and not self._websockets and not self._http:
             emptied.set_result(None)
 
+    async def _call_hook(self, hook: _Hook, *args: Any, reserved: bool = False) -> Any:
+        """Run a middleware or listener where it belongs; its result."""
+        if hook.on_loop:
+            result = hook.fn(*args)
+        else:
+            assert self._hooks is not None
+            result = await self._hooks.call(hook.fn, *args, reserved=reserved)
+        if inspect.isawaitable(result):  # a def that returned a coroutine
+            result = await result
+        return result
+
     async def run_request_middleware(self, request: Request) -> HTTPResponse | None:
-        for middleware in self.app.request_middleware:
-            result = await _maybe_await(middleware(request))
+        for middleware in self._request_middleware:
+            result = await self._call_hook(middleware, request)
             if result is not None:
                 if not isinstance(result, HTTPResponse):
                     raise TypeError(
-                        f"on_request middleware {middleware.__qualname__} returned "
+                        f"on_request middleware {_name(middleware.fn)} returned "
                         f"{type(result).__name__}, not an HTTPResponse or None"
                     )
                 return result
@@ -282,8 +302,8 @@ class Server:
     async def run_response_middleware(
         self, request: Request, response: HTTPResponse
     ) -> HTTPResponse:
-        for middleware in self.app.response_middleware:
-            result = await _maybe_await(middleware(request, response))
+        for middleware in self._response_middleware:
+            result = await self._call_hook(middleware, request, response)
             if isinstance(result, HTTPResponse) and response.status != 101:
                 response = result
         return response
@@ -291,11 +311,11 @@ class Server:
     async def _run_listeners(self, event: str, *, raise_errors: bool = False) -> None:
         for listener in self.app.listeners_for(event):
             try:
-                await _maybe_await(listener(self.app))
+                await self._call_hook(_Hook(listener), self.app, reserved=True)
             except Exception:
                 if raise_errors:
                     raise
-                logger.error("%s listener %s raised", event, listener.__qualname__, exc_info=True)
+                logger.error("%s listener %s raised", event, _name(listener), exc_info=True)
 
     # Stopping -------------------------------------------------------------------
 
@@ -356,6 +376,8 @@ class Server:
                 await server.wait_closed()
             await self._run_listeners("after_server_stop")
         finally:
+            if self._hooks is not None:
+                self._hooks.close()
             self.app.server_stopped(self)
             if not self._closed.done():
                 self._closed.set_result(None)
@@ -364,9 +386,15 @@ class Server:
         """Join handler threads (blocking: call it off the loop, after shutdown)."""
         for runner in self._runners.values():
             runner.join(timeout)
+        if self._hooks is not None:
+            self._hooks.join(timeout)
 
     def __repr__(self) -> str:
         return f"<Server {self.url}>"
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return str(getattr(fn, "__qualname__", repr(fn)))
 
 
 def _is_loopback_socket(sock: socket.socket) -> bool:

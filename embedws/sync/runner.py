@@ -34,7 +34,7 @@ from .direct import DirectWriteConnection
 from .greenlets import blocking_watch, check_blocked
 from .websocket import Websocket
 
-__all__ = ["GreenletRunner", "HandlerPool", "ThreadRunner", "in_handler_thread"]
+__all__ = ["GreenletRunner", "HandlerPool", "ThreadHookRunner", "ThreadRunner", "in_handler_thread"]
 
 logger = logging.getLogger("embedws.server")
 
@@ -100,10 +100,13 @@ class HandlerPool:
     def has_capacity(self) -> bool:
         return not self._closed and self._busy < self._max
 
-    def try_submit(self, fn: Callable[..., Any], *args: Any) -> bool:
-        """Run ``fn(*args)`` on a pool thread; False when the pool is full or closed."""
+    def try_submit(self, fn: Callable[..., Any], *args: Any, reserved: bool = False) -> bool:
+        """Run ``fn(*args)`` on a pool thread; False when the pool is full or closed.
+
+        ``reserved`` runs it even past the pool's size (never when closed).
+        """
         with self._lock:
-            if self._closed or self._busy >= self._max:
+            if self._closed or (self._busy >= self._max and not reserved):
                 return False
             self._busy += 1
             if self._idle > 0:
@@ -242,20 +245,7 @@ class ThreadRunner:
         self._running.add(job)
 
     async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        loop = self._loop
-        result: asyncio.Future[Any] = loop.create_future()
-
-        def run() -> None:
-            try:
-                value = fn(*args, **kwargs)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, result, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, result, value, None)
-
-        if not self._pool.try_submit(run):
-            raise ServiceUnavailable("all handler threads are busy; retry later")
-        return await result
+        return await _call_on_pool(self._pool, self._loop, fn, args, kwargs)
 
     async def shutdown(self, deadline: float) -> None:
         self._pool.close()
@@ -263,6 +253,55 @@ class ThreadRunner:
 
     def join(self, timeout: float) -> None:
         self._pool.join(timeout)
+
+
+class ThreadHookRunner:
+    """Runs ``def`` middleware and listeners on a pool of their own threads.
+
+    Not the handler pool: a shutdown's listeners must run when every handler
+    thread is busy, and after the handlers' pool has closed. Its threads count
+    as handler threads for :func:`in_handler_thread` (a listener that calls
+    ``server.stop()`` starts the shutdown and returns, as a handler does).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_threads: int) -> None:
+        self._loop = loop
+        self._pool = HandlerPool(max_threads, "embedws-hook")
+
+    async def call(self, fn: Callable[..., Any], /, *args: Any, reserved: bool = False) -> Any:
+        return await _call_on_pool(self._pool, self._loop, fn, args, {}, reserved=reserved)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def join(self, timeout: float) -> None:
+        self._pool.join(timeout)
+
+
+async def _call_on_pool(
+    pool: HandlerPool,
+    loop: asyncio.AbstractEventLoop,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    reserved: bool = False,
+) -> Any:
+    """``fn(*args, **kwargs)`` on a thread of ``pool``; its result, on the loop."""
+    result: asyncio.Future[Any] = loop.create_future()
+
+    def run() -> None:
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_settle, result, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, result, value, None)
+
+    run.__qualname__ = getattr(fn, "__qualname__", run.__qualname__)  # for the pool's logs
+    if not pool.try_submit(run, reserved=reserved):
+        raise ServiceUnavailable("all handler threads are busy; retry later")
+    return await result
 
 
 def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
