@@ -80,7 +80,7 @@ def run(verbose: bool = True) -> list[str]:
             ws.send(b"\x00\x01\x02")
             say(f"echo binary: {ws.recv(timeout=TIMEOUT)!r}")
 
-        subscribers = [embedws.sync.connect(server.url + "/news").open() for _ in range(2)]
+        subscribers = [embedws.sync.connect(server.url + "/news") for _ in range(2)]
         try:
             for sub in subscribers:
                 sub.recv(timeout=TIMEOUT)  # {"subscribed": "news"}: now in the room

@@ -99,6 +99,27 @@ def server(app: embedws.App) -> Any:
 # embedws client <-> embedws server ------------------------------------------------
 
 
+def test_sync_connect_returns_an_open_websocket(server: Any) -> None:
+    ws = embedws.sync.connect(server.url + "/echo")
+    try:
+        assert ws.open and isinstance(ws, embedws.sync.ClientWebsocket)
+        ws.send("at once")
+        assert ws.recv(timeout=5) == "at once"
+    finally:
+        ws.close()
+    assert ws.closed and ws.close_code == 1000
+    ws = server.connect("/echo")  # the same, relative to the server
+    with ws:
+        ws.send("again")
+        assert ws.recv(timeout=5) == "again"
+    assert ws.closed
+
+
+def test_sync_connect_does_not_take_reconnect_options(server: Any) -> None:
+    with pytest.raises(TypeError, match="reconnect"):
+        embedws.sync.connect(server.url + "/echo", reconnect_delays=fast_delays)
+
+
 def test_sync_client_round_trip_and_properties(server: Any) -> None:
     with embedws.sync.connect(server.url + "/echo", subprotocols=["chat"]) as ws:
         assert ws.subprotocol == "chat"
@@ -153,7 +174,7 @@ def test_close_codes_in_both_directions(server: Any, app: embedws.App) -> None:
         with pytest.raises(WebsocketClosed) as caught:
             ws.recv(timeout=5)
     assert (caught.value.code, caught.value.reason) == (4001, "server says bye")
-    ws = server.connect("/report").open()
+    ws = server.connect("/report")
     ws.close(4002, "client says bye")
     assert app.ctx.reported.wait(5)
     assert app.ctx.closed_with == (4002, "client says bye")
@@ -185,7 +206,9 @@ def test_reconnects_after_the_server_restarts(app: embedws.App) -> None:
     server = app.start(port=port)
     answers: list[str] = []
     try:
-        for ws in embedws.sync.connect(f"ws://127.0.0.1:{port}/echo", reconnect_delays=fast_delays):
+        for ws in embedws.sync.reconnect(
+            f"ws://127.0.0.1:{port}/echo", reconnect_delays=fast_delays
+        ):
             try:
                 ws.send(f"attempt {len(answers)}")
                 answers.append(str(ws.recv(timeout=5)))
@@ -221,7 +244,7 @@ def test_a_redirect_is_followed(server: Any) -> None:
         ws.send("redirected")
         assert ws.recv(timeout=5) == "redirected"
     with pytest.raises(InvalidHandshake, match="more than 10 redirects"):
-        server.connect("/loop").open()
+        server.connect("/loop")
 
 
 # embedws client <-> websockets server, and the other way round ----------------------
@@ -324,12 +347,12 @@ def test_an_untrusted_certificate_fails_cleanly_on_both_ends(
     server_context, _ = tls_contexts
     with serving(app, ssl=server_context) as server:
         with pytest.raises(TLSError, match="certificate verify failed"):
-            server.connect("/echo").open()  # certifi's CAs do not include the test CA
+            server.connect("/echo")  # certifi's CAs do not include the test CA
         other = trustme.CA()
         wrong_name = ssl.create_default_context()
         other.configure_trust(wrong_name)
         with pytest.raises(TLSError):
-            server.connect("/echo", ssl=wrong_name).open()
+            server.connect("/echo", ssl=wrong_name)
         _, good = tls_contexts
         with server.connect("/echo", ssl=good) as ws:  # the server is fine afterwards
             ws.send("still serving")
@@ -443,7 +466,7 @@ def test_a_proxy_refusal_is_a_proxy_error_and_credentials_are_sent(server: Any) 
         thread = threading.Thread(target=refuse)
         thread.start()
         with pytest.raises(ProxyError, match=r"refused to connect .* HTTP 407"):
-            server.connect("/echo", proxy=f"http://user:s%3Acret@127.0.0.1:{port}").open()
+            server.connect("/echo", proxy=f"http://user:s%3Acret@127.0.0.1:{port}")
         thread.join(5)
     request = seen[0].decode()
     assert request.startswith(f"CONNECT 127.0.0.1:{server.port} HTTP/1.1\r\n")
@@ -459,25 +482,25 @@ def test_connection_refused() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(ConnectionRefused, match=re.escape(f"127.0.0.1:{port}")):
-        embedws.sync.connect(f"ws://127.0.0.1:{port}/").open()
+        embedws.sync.connect(f"ws://127.0.0.1:{port}/")
 
 
 def test_dns_failure() -> None:
     with pytest.raises(
         NameResolutionError, match=re.escape("cannot resolve 'no-such-host.invalid'")
     ):
-        embedws.sync.connect("ws://no-such-host.invalid/", proxy=None).open()
+        embedws.sync.connect("ws://no-such-host.invalid/", proxy=None)
 
 
 def test_a_non_101_answer_carries_status_headers_and_body(server: Any) -> None:
     with pytest.raises(InvalidStatus) as caught:
-        server.connect("/refuse").open()
+        server.connect("/refuse")
     assert caught.value.status == 403
     assert caught.value.headers["X-Why"] == "testing"
     assert caught.value.body == b"go away"
     assert "HTTP 403" in str(caught.value)
     with pytest.raises(InvalidStatus) as caught:
-        server.connect("/nowhere").open()
+        server.connect("/nowhere")
     assert caught.value.status == 404
 
 
@@ -487,7 +510,7 @@ def test_a_silent_server_is_a_handshake_timeout() -> None:
         silent.listen()
         port = silent.getsockname()[1]
         with pytest.raises(HandshakeTimeout, match="open_timeout") as caught:
-            embedws.sync.connect(f"ws://127.0.0.1:{port}/", open_timeout=0.3).open()
+            embedws.sync.connect(f"ws://127.0.0.1:{port}/", open_timeout=0.3)
         assert isinstance(caught.value, TimeoutError)
 
 
@@ -503,7 +526,7 @@ def test_a_blocking_connect_on_the_loop_thread_raises() -> None:
     @app.websocket("/")
     async def handler(request: Any, ws: Any) -> None:
         try:
-            embedws.sync.connect("ws://127.0.0.1:1/").open()
+            embedws.sync.connect("ws://127.0.0.1:1/")
         except RuntimeError as exc:
             errors.append(str(exc))
         await ws.send("done")
@@ -522,7 +545,7 @@ def test_the_interpreter_exits_promptly_with_a_client_and_a_server_still_open() 
     script = ECHO_PROGRAM + textwrap.dedent(
         """
         server = app.start(port=0)
-        ws = server.connect("/").open()
+        ws = server.connect("/")
         ws.send("hi")
         print(ws.recv(timeout=5), flush=True)
         # neither ws.close() nor server.stop(): the program just ends

@@ -370,7 +370,7 @@ def test_what_the_program_leaves_open_is_closed_with_1001_at_exit() -> None:
             print("stopped", flush=True)
 
         server = app.start(port=0)
-        outgoing = embedws.sync.connect(sys.argv[1]).open()
+        outgoing = embedws.sync.connect(sys.argv[1])
         outgoing.send("hi")
         print(server.port, flush=True)
         sys.stdin.readline()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .client import ClientWebsocket, Connect, connect
+from .client import ClientWebsocket, Reconnect, connect, reconnect
 from .greenlets import sleep
 from .loop import PingWaiter
 from .server import Server
@@ -10,10 +10,11 @@ from .websocket import Websocket
 
 __all__ = [
     "ClientWebsocket",
-    "Connect",
     "PingWaiter",
+    "Reconnect",
     "Server",
     "Websocket",
     "connect",
+    "reconnect",
     "sleep",
 ]

@@ -1,4 +1,8 @@
-"""The blocking client: ``embedws.sync.connect(uri)``.
+"""The blocking clients: ``embedws.sync.connect(uri)`` and ``reconnect(uri)``.
+
+``connect`` returns an open websocket or raises, as every blocking client does
+(``socket.create_connection``, ``websockets.sync.client.connect``);
+``reconnect`` is the loop that opens a new one each time the last one ends.
 
 The connection runs on the shared loop thread (started on first use, stopped
 when the last client and server are gone); the websocket it gives is the same
@@ -24,7 +28,7 @@ from .greenlets import sleep
 from .loop import LoopThread, close_at_exit
 from .websocket import Websocket
 
-__all__ = ["ClientWebsocket", "Connect", "connect"]
+__all__ = ["ClientWebsocket", "Reconnect", "connect", "reconnect"]
 
 
 class ClientWebsocket(Websocket):
@@ -76,64 +80,64 @@ class ClientWebsocket(Websocket):
         self.close()
 
 
-class Connect(ConnectSpec):
-    """What :func:`connect` returns: ``with`` it, iterate it, or :meth:`open` it.
+def connect(uri: str, **options: Any) -> ClientWebsocket:
+    """Connect to ``uri`` and return the open websocket, or raise at once.
 
-    * ``with connect(uri) as ws:`` — a connected websocket, closed at the end;
-    * ``ws = connect(uri).open()`` — the same without ``with`` (close it yourself);
-    * ``for ws in connect(uri):`` — reconnects with exponential backoff each
-      time the loop comes back (transient errors retried, others raised).
+    ``ws = connect(uri)`` or ``with connect(uri) as ws:`` (closed at the end).
+    Close a websocket opened without ``with`` yourself; one still open at
+    interpreter exit is closed with 1001. :func:`reconnect` reconnects.
+
+    Takes the options of :func:`embedws.aio.connect`: ``subprotocols``,
+    ``headers``, ``origin``, ``open_timeout``, ``ssl``, ``compression``,
+    ``max_size``, ``ping_interval``, ``ping_timeout``, ``proxy``.
+
+    Raises:
+        InvalidURI: ``uri`` is not a ``ws://`` or ``wss://`` URI.
+        ConnectError: one of its subclasses says what failed
+            (``ConnectionRefused``, ``TLSError``, ``InvalidStatus``,
+            ``HandshakeTimeout``...).
+        RuntimeError: called on the event loop thread (it would deadlock).
     """
+    if "reconnect_delays" in options:
+        raise TypeError("connect() does not reconnect: use reconnect(uri, reconnect_delays=...)")
+    return _open(ConnectSpec(uri, **options))
 
-    def __init__(self, uri: str, **options: Any) -> None:
-        super().__init__(uri, **options)
-        self._ws: ClientWebsocket | None = None
 
-    def open(self) -> ClientWebsocket:
-        """Connect and return the websocket.
+def _open(spec: ConnectSpec) -> ClientWebsocket:
+    running = LoopThread.running()
+    if running is not None:
+        running.check_can_block("connect()")
+    loop_thread = LoopThread.acquire()
+    try:
+        return loop_thread.run(_open_on_loop(spec, loop_thread))
+    except BaseException:
+        loop_thread.release()
+        raise
 
-        Raises:
-            ConnectError: one of its subclasses says what failed.
-            RuntimeError: called on the loop thread (it would deadlock).
-        """
-        running = LoopThread.running()
-        if running is not None:
-            running.check_can_block("connect()")
-        loop_thread = LoopThread.acquire()
-        try:
-            return loop_thread.run(self._open_on_loop(loop_thread))
-        except BaseException:
-            loop_thread.release()
-            raise
 
-    async def _open_on_loop(self, loop_thread: LoopThread) -> ClientWebsocket:
-        conn = await open_connection(self.uri, self.options, connection_class=DirectWriteConnection)
-        assert isinstance(conn, DirectWriteConnection)
-        conn.enable_direct_writes()
-        # Wrapped on the loop thread, so no message can slip past the inbox.
-        ws = ClientWebsocket(conn, loop_thread)
-        # Once the connection is gone, so is this client's hold on the loop
-        # thread (release() on the loop thread schedules the stop, no join).
-        conn._on_close = lambda _conn: ws.release_loop()
-        return ws
+async def _open_on_loop(spec: ConnectSpec, loop_thread: LoopThread) -> ClientWebsocket:
+    conn = await open_connection(spec.uri, spec.options, connection_class=DirectWriteConnection)
+    assert isinstance(conn, DirectWriteConnection)
+    conn.enable_direct_writes()
+    # Wrapped on the loop thread, so no message can slip past the inbox.
+    ws = ClientWebsocket(conn, loop_thread)
+    # Once the connection is gone, so is this client's hold on the loop
+    # thread (release() on the loop thread schedules the stop, no join).
+    conn._on_close = lambda _conn: ws.release_loop()
+    return ws
 
-    def __enter__(self) -> ClientWebsocket:
-        self._ws = self.open()
-        return self._ws
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._ws is not None:
-            self._ws.close()
+class Reconnect(ConnectSpec):
+    """What :func:`reconnect` returns: iterate it for one connection after another.
+
+    Thread contract: iterate it on one thread (the websockets it yields are
+    thread-safe as usual).
+    """
 
     def __iter__(self) -> Iterator[ClientWebsocket]:
         while True:
             try:
-                ws = self.open()
+                ws = _open(self)
             except Exception as exc:
                 sleep(self.retry_delay(exc))
                 continue
@@ -144,12 +148,14 @@ class Connect(ConnectSpec):
                 ws.close()
 
 
-def connect(uri: str, **options: Any) -> Connect:
-    """Open a blocking websocket client (see :class:`Connect` for the three uses).
+def reconnect(uri: str, **options: Any) -> Reconnect:
+    """``for ws in reconnect(uri):`` — a new connection each time the last one ends.
 
-    Takes the options of :func:`embedws.aio.connect`: ``subprotocols``,
-    ``headers``, ``origin``, ``open_timeout``, ``ssl``, ``compression``,
-    ``max_size``, ``ping_interval``, ``ping_timeout``, ``proxy``,
-    ``reconnect_delays``.
+    Each websocket is closed when its turn of the loop ends. Failed attempts
+    are retried with exponential backoff when they are transient (refused,
+    reset, timed out, HTTP 5xx); others (a bad URI, TLS, a 4xx) are raised.
+
+    Takes the options of :func:`connect`, and ``reconnect_delays``: a callable
+    returning the delays between attempts (default: exponential backoff).
     """
-    return Connect(uri, **options)
+    return Reconnect(uri, **options)

@@ -19,7 +19,7 @@ from ..aio.server import ServedApp
 from ..aio.server import Server as AsyncServer
 from ..aio.server import serve as aio_serve
 from ..tls import SSLArg
-from .client import Connect
+from .client import ClientWebsocket, connect
 from .loop import LoopThread, close_at_exit
 from .runner import in_handler_thread
 
@@ -133,9 +133,12 @@ class Server:
         """Block until the server stops (``stop()`` from another thread, or a signal)."""
         self._closed.wait()
 
-    def connect(self, path: str = "/", **options: Any) -> Connect:
-        """A sync client for ``path`` on this server: ``with server.connect("/ws") as ws:``."""
-        return Connect(self.url + path, **options)
+    def connect(self, path: str = "/", **options: Any) -> ClientWebsocket:
+        """An open sync client of ``path`` on this server (see :func:`embedws.sync.connect`).
+
+        ``ws = server.connect("/ws")`` or ``with server.connect("/ws") as ws:``.
+        """
+        return connect(self.url + path, **options)
 
     def __enter__(self) -> Server:
         return self

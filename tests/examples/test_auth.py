@@ -174,7 +174,7 @@ def test_middleware_refuses_the_handshake_with_401(
 ) -> None:
     with serving(middleware_app) as server:
         with pytest.raises(InvalidStatus) as refused:
-            server.connect(path, headers=headers).open()
+            server.connect(path, headers=headers)
         assert refused.value.status == 401
         assert refused.value.headers["WWW-Authenticate"] == 'Bearer realm="embedws"'
         assert len(middleware_app.connections) == 0  # no websocket, no handler
