@@ -108,7 +108,7 @@ class SyncWorker:
         if self.variant == "embedws-sync":
             import embedws
 
-            return embedws.sync.connect(self.url, **_OPTIONS).open()
+            return embedws.sync.connect(self.url, **_OPTIONS)
         from websockets.sync.client import connect
 
         return connect(self.url, **_OPTIONS)
