@@ -104,6 +104,11 @@ _KEYS: dict[str, _Key] = {
     "WEBSOCKET_ORIGINS": _Key(None, _names(), "origins allowed to open websockets"),
     "ALLOWED_HOSTS": _Key(None, _names(), "Host header values accepted"),
     "WEBSOCKET_WRITE_TIMEOUT": _Key(30.0, _number(), "seconds a peer may stop reading"),
+    "WEBSOCKET_MAX_BACKLOG": _Key(
+        32 * 2**20,
+        _integer(minimum=2**16),
+        "bytes waiting for one peer past which a broadcast drops it (1011)",
+    ),
     "KEEP_ALIVE_TIMEOUT": _Key(5.0, _number(), "idle HTTP keep-alive"),
     "REQUEST_TIMEOUT": _Key(60.0, _number(), "seconds to receive a whole HTTP request"),
     "REQUEST_MAX_HEADER_SIZE": _Key(16384, _integer(minimum=256), "header block limit"),
@@ -139,6 +144,7 @@ class Config(Mapping[str, Any]):
     WEBSOCKET_ORIGINS: str | tuple[str, ...] | None
     ALLOWED_HOSTS: str | tuple[str, ...] | None
     WEBSOCKET_WRITE_TIMEOUT: float
+    WEBSOCKET_MAX_BACKLOG: int
     KEEP_ALIVE_TIMEOUT: float
     REQUEST_TIMEOUT: float
     REQUEST_MAX_HEADER_SIZE: int

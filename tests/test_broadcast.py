@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
 
+import psutil
 import pytest
 
 import embedws
@@ -302,3 +306,95 @@ def test_random_joins_leaves_and_broadcasts_from_8_threads_stay_consistent() -> 
         for c in clients:
             c.close()
         wait_until(lambda: app.rooms == {} and len(app.connections) == 0)
+
+
+# large broadcasts --------------------------------------------------------------------
+
+READERS = """
+import sys, threading
+from websockets.sync.client import connect
+
+url, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ready = threading.Barrier(4)
+results = []
+
+def read():
+    with connect(url, max_size=None, open_timeout=10) as ws:
+        ws.recv(timeout=10)  # joined
+        ready.wait()
+        got = [ws.recv(timeout=30) for _ in range(count)]
+        results.append(all(m == bytes([i]) * size for i, m in enumerate(got)))
+
+threads = [threading.Thread(target=read) for _ in range(3)]
+for thread in threads:
+    thread.start()
+ready.wait()
+print("ready", flush=True)
+for thread in threads:
+    thread.join()
+print("whole and in order" if results == [True] * 3 else f"wrong: {results}", flush=True)
+"""
+
+
+def test_a_burst_of_large_broadcasts_reaches_readers_and_drops_only_the_one_that_stops() -> None:
+    app = make_app(WEBSOCKET_WRITE_TIMEOUT=2)
+    count, size = 20, 2**20
+    payloads = [bytes([i]) * size for i in range(count)]
+    process = psutil.Process()
+    with serving(app) as server:
+        stuck = RawClient(server.port, "/room/burst", rcvbuf=4096)  # reads its welcome only
+        stuck_id = json.loads(stuck.events(until_close=False)[0].data)["id"]
+        with subprocess.Popen(
+            [sys.executable, "-c", READERS, server.url + "/room/burst", str(count), str(size)],
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as readers:
+            assert readers.stdout is not None
+            assert readers.stdout.readline().strip() == "ready"
+            wait_until(lambda: app.rooms == {"burst": 4})
+            peak, before = [0], process.memory_info().rss
+            sampling = threading.Event()
+
+            def sample() -> None:
+                while not sampling.is_set():
+                    peak[0] = max(peak[0], process.memory_info().rss - before)
+                    sampling.wait(0.005)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            started = time.monotonic()
+            for payload in payloads:  # a plain thread, as fast as it can
+                app.room("burst").broadcast(payload)
+            try:
+                assert readers.stdout.readline().strip() == "whole and in order"
+                # The reader that stopped goes within the write timeout.
+                wait_until(lambda: app.connections.get(stuck_id) is None, timeout=10)
+                dropped_after = time.monotonic() - started
+            finally:
+                sampling.set()
+                sampler.join()
+                readers.kill()
+        stuck.close()
+    assert dropped_after < 2 + 3, dropped_after
+    # The 20 MiB are held once, not once per recipient, and never past the cap.
+    assert peak[0] < app.config.WEBSOCKET_MAX_BACKLOG, peak[0]
+
+
+def test_a_reader_more_than_max_backlog_behind_is_dropped_at_once(logs: Any) -> None:
+    app = make_app(WEBSOCKET_WRITE_TIMEOUT=60, WEBSOCKET_MAX_BACKLOG=2**20)
+    with serving(app) as server:
+        slow = RawClient(server.port, "/room/behind", rcvbuf=4096)
+        fast, _ = joined(server.url + "/room/behind")
+        wait_until(lambda: app.rooms == {"behind": 2})
+        payload = b"x" * 65536
+        sent = 0
+        while app.rooms == {"behind": 2}:
+            app.room("behind").broadcast(payload)
+            assert fast.recv(timeout=5) == payload
+            sent += 1
+            assert sent < 200, "the reader that stopped was never dropped"
+        # Past 1 MiB and what the kernel holds, long before the 60 s write timeout.
+        assert sent * len(payload) > 2**20
+        logs.wait_for("WEBSOCKET_MAX_BACKLOG is 1048576", level=logging.WARNING)
+        fast.close()
+        slow.close()

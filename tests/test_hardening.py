@@ -19,9 +19,11 @@ import pytest
 import embedws
 
 from .conftest import (
+    MS,
     RawClient,
     client,
     echo_handlers,
+    raw_frame,
     raw_http,
     serving,
     status_of,
@@ -145,6 +147,38 @@ def test_a_slow_reader_costs_bounded_memory_and_is_dropped(kind: str) -> None:
     assert outcome == [1011] * peers_count
     # 20 stalled peers: each may hold a write buffer and a message in flight
     assert grown < 40 * 2**20, grown
+
+
+@pytest.mark.parametrize("kind", ["thread", "greenlet", "async"])
+def test_a_ping_flood_that_never_reads_costs_bounded_memory(kind: str) -> None:
+    app = embedws.App("ping-flood", config={"WEBSOCKET_WRITE_TIMEOUT": 3})
+    echo, aecho = echo_handlers()
+    if kind == "async":
+        app.add_websocket_route(aecho, "/")
+    else:
+        app.add_websocket_route(echo, "/", mode=kind)
+    pings = raw_frame(0x9, b"p" * 125) * 8192  # 1 MiB of pings, each owed a pong
+    process = psutil.Process()
+    with serving(app) as server:
+        before = process.memory_info().rss
+        flooder = RawClient(server.port, rcvbuf=4096)  # reads nothing back
+        flooder.sock.settimeout(500 * MS)
+        sent = grown = 0
+        try:
+            while sent < 200 * 2**20:
+                flooder.sock.sendall(pings)
+                sent += len(pings)
+                grown = max(grown, process.memory_info().rss - before)
+            raise AssertionError("the server read 200 MiB of pings it could not answer")
+        except TimeoutError:
+            pass  # the server stopped reading from a peer that does not read its pongs
+        # The write timeout then drops it: the socket is reset or closed.
+        flooder.sock.settimeout(10)
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            while True:
+                flooder.sock.sendall(pings)
+        flooder.close()
+    assert grown < 20 * 2**20, grown
 
 
 # overload -------------------------------------------------------------------------------

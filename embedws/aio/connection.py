@@ -21,6 +21,13 @@ validation, and it does what that layer leaves to I/O code:
   peer never finishes the close), and the write-stall deadline (a peer that
   keeps the write buffer above its high-water mark for
   ``WEBSOCKET_WRITE_TIMEOUT`` is failed with 1011 and aborted).
+* Writes go to the transport; backpressure pauses senders at its high-water
+  mark (``write_limit``). Two kinds of writes do not wait for the peer, so each
+  has its own bound: broadcast frames that reach a paused transport wait in
+  ``_pending`` (shared bytes, no copy per recipient; every later write queues
+  behind them) and a peer more than ``max_backlog`` behind is dropped; pongs and
+  close replies owed to a peer whose buffer is full stop reading from it until
+  it drains (``_hold_reading``).
 * ``connection_lost`` is the one place where a connection ends: the protocol is
   moved to CLOSED, waiters (recv, pings, drains, wait_closed) are woken with the
   close exception, timers are cancelled and the owner is told.
@@ -37,6 +44,7 @@ import io
 import logging
 import os
 import weakref
+from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -123,6 +131,7 @@ class Settings:
     max_queue: int = 32
     write_timeout: float = 30.0
     write_limit: int = 64 * 1024
+    max_backlog: int = 32 * 2**20  # bytes waiting for a peer before it is dropped at once
 
 
 _read_buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = (
@@ -156,6 +165,7 @@ class Connection(asyncio.BufferedProtocol):
     __slots__ = (
         "_close_handle",
         "_consumer",
+        "_control_held",
         "_decoder",
         "_drain_waiters",
         "_failed",
@@ -167,6 +177,8 @@ class Connection(asyncio.BufferedProtocol):
         "_lost_waiter",
         "_messages",
         "_on_close",
+        "_pending",
+        "_pending_size",
         "_pings",
         "_read_buffer",
         "_reading_paused",
@@ -226,9 +238,13 @@ class Connection(asyncio.BufferedProtocol):
         self._ka_ping: bytes | None = None
         self._close_handle: asyncio.TimerHandle | None = None
         self._write_handle: asyncio.TimerHandle | None = None
-        self._reading_paused = False
+        self._reading_paused = False  # too many messages wait for the consumer
+        self._control_held = False  # the peer does not read the pongs it asks for
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None
+        # Broadcast frames held back while the transport is paused; b"" = end of stream.
+        self._pending: deque[bytes] | None = None
+        self._pending_size = 0
         self._send_busy: asyncio.Future[None] | None = None
         self._failed = False
         self._lost = False
@@ -290,6 +306,8 @@ class Connection(asyncio.BufferedProtocol):
         events = protocol.events_received()
         if protocol.writes:  # pongs, close replies: usually nothing
             self._flush()
+            if self._writing_paused:
+                self._hold_reading()
         if protocol.state is not OPEN and self._close_handle is None and protocol.close_expected():
             self._arm_close_timer()
         for event in events:
@@ -385,22 +403,95 @@ class Connection(asyncio.BufferedProtocol):
         """Resume reading once ``queued`` fell to the low-water mark (a quarter)."""
         if self._reading_paused and queued <= self.settings.max_queue // 4 and not self._lost:
             self._reading_paused = False
-            self.transport.resume_reading()
+            if not self._control_held:
+                self.transport.resume_reading()
+
+    def _hold_reading(self) -> None:
+        """Stop reading from a peer that asks for answers it does not read.
+
+        Pongs and close replies are written for the peer when it asks (a
+        ping), not when someone sends: nothing else bounds them. A peer that
+        floods pings and never reads would grow our write buffer by a pong
+        per ping until the write timeout. So the answers owed to a peer whose
+        buffer is already above its limit count against that limit like any
+        send: reading stops until the buffer drains (``resume_writing``),
+        and the write timeout drops a peer that never reads.
+        """
+        if not self._control_held:
+            self._control_held = True
+            if not self._reading_paused:
+                self.transport.pause_reading()
+
+    def backlog(self) -> int:
+        """Bytes waiting to be sent to the peer."""
+        return self.transport.get_write_buffer_size() + self._pending_size
+
+    def over_backlog(self) -> bool:
+        """Whether more than ``max_backlog`` bytes wait to be sent to the peer.
+
+        Sends wait for the peer (backpressure at ``write_limit``); broadcasts
+        do not, so a reader that falls that far behind is dropped instead.
+        """
+        return self.backlog() > self.settings.max_backlog
+
+    def drop_for_backlog(self) -> None:
+        """Drop a peer that is ``max_backlog`` behind: 1011, no closing handshake."""
+        logger.warning(
+            "dropping %s: %d bytes wait to be sent to it (WEBSOCKET_MAX_BACKLOG is %d)",
+            self.remote_address,
+            self.backlog(),
+            self.settings.max_backlog,
+        )
+        self.fail(1011, "send buffer overflow")
+        self.abort()
 
     # Writing ----------------------------------------------------------------
 
     def _flush(self) -> None:
         transport = self.transport
         for data in self.protocol.data_to_send():
-            if data:
+            if self._pending is not None:  # behind the broadcasts held back
+                self._hold(data)
+            elif data:
                 transport.write(data)
-            elif transport.can_write_eof():
-                try:
-                    transport.write_eof()
-                except OSError:  # the peer is gone already
-                    pass
-            else:  # TLS cannot half-close
-                transport.close()
+            else:
+                self._end_stream()
+
+    def _end_stream(self) -> None:
+        transport = self.transport
+        if transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:  # the peer is gone already
+                pass
+        else:  # TLS cannot half-close
+            transport.close()
+
+    def _hold(self, data: bytes) -> None:
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = deque()
+        pending.append(data)
+        self._pending_size += len(data)
+
+    def _write_pending(self) -> None:
+        """Move held-back frames into the transport until it pauses again.
+
+        Called when the transport has drained (``resume_writing``); the
+        transport's own buffer takes more only while below its limit.
+        """
+        pending = self._pending
+        transport = self.transport
+        while pending and not self._writing_paused and not self._lost:
+            data = pending.popleft()
+            self._pending_size -= len(data)
+            if data:
+                transport.write(data)  # may call pause_writing
+            else:
+                self._end_stream()
+        if not pending:
+            # Only now: a sync sender that sees no pending frames writes after them.
+            self._pending = None
 
     def write_message(self, is_text: bool, payload: bytes | Fragments) -> None:
         """Write one message, whole, now.
@@ -445,10 +536,21 @@ class Connection(asyncio.BufferedProtocol):
         self._flush()
 
     def write_frames(self, frames: list[bytes]) -> None:
-        """Write frames serialized elsewhere (a broadcast's, shared by its recipients)."""
+        """Write frames serialized elsewhere (a broadcast's, shared by its recipients).
+
+        While the transport is paused, the frames wait in ``_pending`` as
+        references to the shared bytes instead of being appended to the
+        transport's buffer: on Python 3.11 that buffer is a ``bytearray``, so
+        a burst of large broadcasts to readers that are behind would cost a
+        copy per recipient (1,000 recipients of 20 MiB: 20 GB instead of
+        20 MiB). Later writes of any kind queue behind them, in order.
+        """
         transport = self.transport
         for frame in frames:
-            transport.write(frame)
+            if self._pending is None and not self._writing_paused:
+                transport.write(frame)  # may pause writing
+            else:
+                self._hold(frame)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -464,6 +566,14 @@ class Connection(asyncio.BufferedProtocol):
         if self._write_handle is not None:
             self._write_handle.cancel()
             self._write_handle = None
+        if self._pending is not None:
+            self._write_pending()
+            if self._writing_paused:
+                return  # still behind (the peer reads, so the write timer restarted)
+        if self._control_held:
+            self._control_held = False
+            if not self._reading_paused and not self._lost:
+                self.transport.resume_reading()
         self._wake_drain_waiters(None)
         if self._consumer is not None:
             self._consumer.set_writable(True)
@@ -641,6 +751,7 @@ class Connection(asyncio.BufferedProtocol):
             if handle is not None:
                 handle.cancel()
         self._ka_handle = self._close_handle = self._write_handle = None
+        self._pending, self._pending_size = None, 0
         closed = self.close_exc()
         consumer = self._consumer
         if consumer is not None:

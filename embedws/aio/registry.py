@@ -19,8 +19,10 @@ transport; recipients that compress (permessage-deflate) or mask (clients) get
 their own frame from their protocol. Recipients that are closing are skipped.
 A recipient never makes the others wait: its buffer grows instead, and the
 connection's write timer drops it with 1011 if it stays above the limit for
-``WEBSOCKET_WRITE_TIMEOUT``; one whose buffer passes a hard cap is dropped at
-once, which bounds the memory a slow reader can cost.
+``WEBSOCKET_WRITE_TIMEOUT``; one whose buffer holds more than
+``WEBSOCKET_MAX_BACKLOG`` bytes when a broadcast reaches it is dropped at once,
+which bounds the memory a slow reader can cost. The cap is far above the
+write limit, so that readers that keep up take bursts of large messages.
 """
 
 from __future__ import annotations
@@ -40,10 +42,6 @@ from .connection import Connection
 __all__ = ["Connections", "Registry", "Room", "connection_of", "write_to_all"]
 
 logger = logging.getLogger("embedws.broadcast")
-
-#: A recipient whose write buffer holds more than this many times its
-#: high-water mark is dropped at once (1011) instead of buffering further.
-OVERFLOW_FACTOR = 16
 
 
 def connection_of(ws: Any) -> Connection:
@@ -174,17 +172,9 @@ def write_to_all(conns: list[Connection], is_text: bool, payload: bytes | Fragme
         if protocol.state is not OPEN or conn._failed or transport.is_closing():
             continue
         # Only a paused transport (above its high-water mark) can be that full.
-        if conn.writing_paused:
-            backlog = transport.get_write_buffer_size()
-            if backlog > conn.settings.write_limit * OVERFLOW_FACTOR:
-                logger.warning(
-                    "dropping %s: %d bytes wait to be sent to it (a slow reader)",
-                    conn.remote_address,
-                    backlog,
-                )
-                conn.fail(1011, "send buffer overflow")
-                conn.abort()
-                continue
+        if conn.writing_paused and conn.over_backlog():
+            conn.drop_for_backlog()
+            continue
         if protocol.extensions or protocol.side is not SERVER or protocol.expect_continuation_frame:
             conn.write_message(is_text, payload)  # its own frames: compressed or masked
             continue

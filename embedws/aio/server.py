@@ -98,6 +98,7 @@ class Server:
             ping_timeout=config.WEBSOCKET_PING_TIMEOUT,
             max_queue=config.WEBSOCKET_MAX_QUEUE,
             write_timeout=config.WEBSOCKET_WRITE_TIMEOUT,
+            max_backlog=config.WEBSOCKET_MAX_BACKLOG,
         )
         self.read_buffer = read_buffer_for(loop)
         self.tls = False

@@ -110,6 +110,7 @@ class DirectWriteConnection(AioWebsocket):
                 or self._failed
                 or not self.crossing.idle()
                 or self.transport.get_write_buffer_size()
+                or self._pending is not None
             ):
                 return False
             self.frame_message(is_text, payload)
@@ -171,13 +172,14 @@ class DirectWriteConnection(AioWebsocket):
             super().write_message(is_text, payload)
 
     def write_frames(self, frames: list[bytes]) -> None:
-        # Once per recipient of every broadcast: no super() call.
         with self.write_lock:
             if self._rest:
                 self._write_rest()
-            transport = self.transport
-            for frame in frames:
-                transport.write(frame)
+            super().write_frames(frames)
+
+    def resume_writing(self) -> None:
+        with self.write_lock:  # it may write frames held back
+            super().resume_writing()
 
     def write_fragment(self, is_text: bool, data: bytes, *, fin: bool) -> None:
         with self.write_lock:
