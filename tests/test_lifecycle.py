@@ -303,6 +303,34 @@ def test_ipv6_and_host_lists() -> None:
             assert c.recv(timeout=5) == "::1"
 
 
+@pytest.mark.parametrize("hosts", [["127.0.0.1", "::1"], ["::1", "127.0.0.1"], None])
+def test_a_host_list_with_port_0_listens_on_one_port(hosts: list[str] | None) -> None:
+    app = embedws.App("one-port")
+
+    @app.websocket("/")
+    async def handler(request: Any, ws: Any) -> None:
+        await ws.send(request.ip)
+
+    try:
+        # None: every interface, IPv4 and IPv6 (reached here through loopback).
+        server = app.start(host=hosts, port=0)
+    except OSError:
+        pytest.skip("no IPv6 here")
+    with server:
+        ports = {sock.getsockname()[1] for sock in server.sockets}
+        assert ports == {server.port}
+        assert len(server.sockets) == 2
+        expected = hosts or ["0.0.0.0", "::"]
+        assert server.urls == [
+            f"ws://[{h}]:{server.port}" if ":" in h else f"ws://{h}:{server.port}"
+            for h in expected
+        ]
+        assert server.url == server.urls[0]
+        for address in ("127.0.0.1", "[::1]"):
+            with client(f"ws://{address}:{server.port}/") as c:
+                assert c.recv(timeout=5) == address.strip("[]")
+
+
 def test_a_failing_before_server_start_listener_aborts_the_start() -> None:
     app = embedws.App("bad-start")
 

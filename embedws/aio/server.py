@@ -17,6 +17,7 @@ running (logged); ``after_server_stop`` listeners.
 from __future__ import annotations
 
 import asyncio
+import errno
 import inspect
 import logging
 import socket
@@ -43,6 +44,8 @@ from .runner import HandlerRunner, HookRunner, is_async_callable
 __all__ = ["ServedApp", "Server", "serve"]
 
 logger = logging.getLogger("embedws.server")
+
+_SAME_PORT_ATTEMPTS = 5  # binds of a host list on one free port, before giving up
 
 
 class ServedApp(Protocol):
@@ -149,17 +152,68 @@ class Server:
         factory = self._make_http_connection
         if unix is not None:
             self._unix = unix
-            server = await self.loop.create_unix_server(factory, unix, **options)
+            self._servers.append(await self.loop.create_unix_server(factory, unix, **options))
         elif sock is not None:
-            server = await self.loop.create_server(factory, sock=sock, **options)
+            self._servers.append(await self.loop.create_server(factory, sock=sock, **options))
         else:
-            server = await self.loop.create_server(
-                factory, host, port, reuse_address=True, **options
-            )
-        self._servers.append(server)
+            self._servers.extend(await self._listen_tcp(host, port, options))
         self.loopback_only = all(_is_loopback_socket(s) for s in self.sockets)
         self.app.server_started(self)
         await self._run_listeners("after_server_start", raise_errors=True)
+
+    async def _listen_tcp(
+        self, host: str | Sequence[str] | None, port: int, options: dict[str, Any]
+    ) -> list[asyncio.Server]:
+        """Listen on every address of ``host``, all on one port.
+
+        asyncio binds each address with the port it is given: with port 0,
+        each would get a port of its own (``["127.0.0.1", "::1"]``, or a name
+        that resolves to both), and ``server.port`` would reach only the
+        first. So with port 0 the first address picks the port and the others
+        take it; if one of them cannot (another program holds that port on
+        that address), all of them try again with a new one.
+        """
+        factory = self._make_http_connection
+        if port != 0:
+            return [
+                await self.loop.create_server(factory, host, port, reuse_address=True, **options)
+            ]
+        addresses = await self._resolve(host)
+        if len(addresses) <= 1:
+            return [await self.loop.create_server(factory, host, 0, reuse_address=True, **options)]
+        for attempt in range(_SAME_PORT_ATTEMPTS):
+            first = await self.loop.create_server(
+                factory, addresses[0], 0, reuse_address=True, **options
+            )
+            chosen = first.sockets[0].getsockname()[1]
+            try:
+                rest = await self.loop.create_server(
+                    factory, addresses[1:], chosen, reuse_address=True, **options
+                )
+            except OSError as exc:
+                first.close()
+                await first.wait_closed()
+                if exc.errno != errno.EADDRINUSE or attempt == _SAME_PORT_ATTEMPTS - 1:
+                    raise
+                continue
+            return [first, rest]
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _resolve(self, host: str | Sequence[str] | None) -> list[str]:
+        """The distinct addresses ``host`` (a name, an address, a list, or None) stands for."""
+        hosts = [host] if host is None or isinstance(host, str) else list(host)
+        addresses: list[str] = []
+        for name in hosts:
+            infos = await self.loop.getaddrinfo(
+                name, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
+            for family, _type, _proto, _canon, sockaddr in infos:
+                address = str(sockaddr[0])
+                if family == socket.AF_INET6 and len(sockaddr) > 3 and sockaddr[3]:
+                    address = f"{address}%{sockaddr[3]}"  # a link-local address's scope
+                if address not in addresses:
+                    addresses.append(address)
+        return addresses
 
     def _make_http_connection(self) -> HTTPConnection:
         return HTTPConnection(self)
@@ -177,6 +231,24 @@ class Server:
             if isinstance(name, tuple):
                 return int(name[1])
         return 0
+
+    @property
+    def urls(self) -> list[str]:
+        """``ws://host:port`` of every listening socket (``wss://`` with TLS)."""
+        scheme = "wss" if self.tls else "ws"
+        if self._unix is not None:
+            return [f"{scheme}+unix://{self._unix}"]
+        urls = []
+        for sock in self.sockets:
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                host = str(name[0])
+                urls.append(
+                    f"{scheme}://[{host}]:{name[1]}"
+                    if ":" in host
+                    else f"{scheme}://{host}:{name[1]}"
+                )
+        return urls
 
     @property
     def url(self) -> str:

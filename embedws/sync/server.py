@@ -84,6 +84,11 @@ class Server:
         return self._server.url
 
     @property
+    def urls(self) -> list[str]:
+        """The URL of every listening address (a host list listens on several)."""
+        return self._server.urls
+
+    @property
     def config(self) -> Any:
         """The configuration this server runs with."""
         return self._server.config
