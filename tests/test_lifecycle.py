@@ -322,8 +322,7 @@ def test_a_host_list_with_port_0_listens_on_one_port(hosts: list[str] | None) ->
         assert len(server.sockets) == 2
         expected = hosts or ["0.0.0.0", "::"]
         assert server.urls == [
-            f"ws://[{h}]:{server.port}" if ":" in h else f"ws://{h}:{server.port}"
-            for h in expected
+            f"ws://[{h}]:{server.port}" if ":" in h else f"ws://{h}:{server.port}" for h in expected
         ]
         assert server.url == server.urls[0]
         for address in ("127.0.0.1", "[::1]"):
