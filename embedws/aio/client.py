@@ -9,6 +9,10 @@ bundle unless ``ssl=`` says otherwise), send the handshake and wait for the
 101, following up to 10 redirects (never from ``wss://`` to ``ws://``). All of
 it is bounded by ``open_timeout``. Errors come out as ``embedws.errors``
 classes; ``async for ws in connect(...)`` reconnects with exponential backoff.
+
+Secrets: a URI's userinfo (Basic credentials) and query (often a token) never
+appear in a log record or an exception message; :func:`_redact` shows such a
+URI as ``ws://***@host:port/path?***``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import ssl as ssl_module
 import sys
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import h11
 from websockets.client import backoff
@@ -52,7 +56,7 @@ from ..errors import (
 from ..protocol import ClientProtocol
 from ..response import HTTPResponse
 from ..tls import client_context
-from .connection import Connection, Settings, Websocket, protocol_logger
+from .connection import Connection, Settings, Websocket, _ProtocolLogger
 
 __all__ = ["ClientOptions", "ConnectSpec", "connect", "open_connection"]
 
@@ -61,7 +65,55 @@ logger = logging.getLogger("embedws.client")
 USER_AGENT = "embedws Python/{}.{}".format(*sys.version_info[:2])
 MAX_REDIRECTS = 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Shown as *** in the handshake's debug log.
+_SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie"})
 _client_ids = itertools.count(1)
+
+
+def _redact(uri: str) -> str:
+    """``uri`` for logs and error messages: userinfo, query and fragment shown as ``***``.
+
+    Scheme, host, port and path stay, so the reader still sees where the client
+    went; what is left out is where credentials and tokens usually are.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # not even a URL: show nothing of it
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if parts.query:
+        shown += "?***"
+    if parts.fragment:
+        shown += "#***"
+    return shown
+
+
+class _HandshakeLogger(_ProtocolLogger):
+    """The client's Sans-I/O logger: handshake lines without tokens or credentials.
+
+    ``websockets`` logs the request line and every header of the handshake at
+    DEBUG; the query of the request line and the values of credential headers
+    are replaced by ``***``. The format strings are those of ``websockets``'
+    ``ClientProtocol`` (pinned range); tests/test_client_hardening.py notices
+    if they change.
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if msg == "> GET %s HTTP/1.1" and len(args) == 1:
+            args = (_redact(str(args[0])),)
+        elif msg in ("> %s: %s", "< %s: %s") and len(args) == 2:
+            name = str(args[0]).lower()
+            if name in _SECRET_HEADERS:
+                args = (args[0], "***")
+            elif name == "location":
+                args = (args[0], _redact(str(args[1])))
+        super().log(level, msg, *args, **kwargs)
+
+
+_handshake_logger = _HandshakeLogger(logging.getLogger("embedws.protocol"), {})
 
 
 class ClientOptions:
@@ -110,7 +162,9 @@ def _parse(uri: str) -> WebSocketURI:
     try:
         return parse_uri(uri)
     except WSInvalidURI as exc:
-        raise InvalidURI(f"{uri!r} is not a ws:// or wss:// URI: {exc}") from exc
+        shown = _redact(uri)
+        exc.uri, exc.args = shown, (shown, exc.msg)  # the cause shows it too
+        raise InvalidURI(f"{shown!r} is not a ws:// or wss:// URI: {exc.msg}") from exc
 
 
 async def open_connection(
@@ -132,16 +186,19 @@ async def open_connection(
                 target = urljoin(uri.replace("ws", "http", 1), location).replace("http", "ws", 1)
                 if ws_uri.secure and not target.startswith("wss://"):
                     raise InvalidHandshake(
-                        f"{uri} redirected to {target}: refusing to leave wss:// for ws://"
+                        f"{_redact(uri)} redirected to {_redact(target)}: "
+                        "refusing to leave wss:// for ws://"
                     )
-                logger.debug("redirected from %s to %s", uri, target)
+                logger.debug("redirected from %s to %s", _redact(uri), _redact(target))
                 uri = target
-            raise InvalidHandshake(f"more than {MAX_REDIRECTS} redirects, the last to {uri}")
+            raise InvalidHandshake(
+                f"more than {MAX_REDIRECTS} redirects, the last to {_redact(uri)}"
+            )
     except TimeoutError as exc:
         if isinstance(exc, ConnectError):
             raise
         raise HandshakeTimeout(
-            f"could not open {uri} within {options.open_timeout} s (open_timeout)"
+            f"could not open {_redact(uri)} within {options.open_timeout} s (open_timeout)"
         ) from exc
 
 
@@ -156,7 +213,7 @@ async def _attempt(
         extensions=options.extensions,
         subprotocols=options.subprotocols,
         max_size=options.max_size,
-        logger=protocol_logger,
+        logger=_handshake_logger,
         state=CONNECTING,
     )
     conn = connection_class(protocol, options.settings, loop, conn_id=next(_client_ids))
@@ -187,8 +244,8 @@ async def _attempt(
         location = response.headers.get("Location")
         if response.status_code in _REDIRECTS and location:
             return None, location
-        headers = dict(response.headers.raw_items())
-        raise InvalidStatus(response.status_code, headers, bytes(response.body)) from failure
+        answered = dict(response.headers.raw_items())
+        raise InvalidStatus(response.status_code, answered, bytes(response.body)) from failure
     if isinstance(failure, WSInvalidHandshake):
         raise InvalidHandshake(
             f"the server's handshake response is invalid: {failure}"
@@ -217,7 +274,9 @@ async def _open_transport(conn: Connection, ws_uri: WebSocketURI, options: Clien
         try:
             proxy = parse_proxy(proxy_url)
         except InvalidProxy as exc:
-            raise ProxyError(f"invalid proxy {proxy_url!r}: {exc}") from exc
+            shown = _redact(proxy_url)
+            exc.proxy, exc.args = shown, (shown, exc.msg)  # the cause shows it too
+            raise ProxyError(f"invalid proxy {shown!r}: {exc.msg}") from exc
         if proxy.scheme.startswith("socks"):
             sock = await _socks_tunnel(proxy_url, ws_uri)
             await loop.create_connection(
@@ -348,7 +407,7 @@ async def _socks_tunnel(proxy_url: str, ws_uri: WebSocketURI) -> socket.socket:
     except SocksError as exc:
         raise ProxyError(f"the SOCKS proxy refused the connection: {exc}") from exc
     except OSError as exc:
-        raise ProxyError(f"cannot use the SOCKS proxy {proxy_url}: {exc}") from exc
+        raise ProxyError(f"cannot use the SOCKS proxy {_redact(proxy_url)}: {exc}") from exc
     return sock
 
 
@@ -389,7 +448,9 @@ class ConnectSpec:
         if self._delays is None:
             self._delays = self._reconnect_delays()
         delay = next(self._delays)
-        logger.info("connecting to %s failed (%s); retrying in %.1f s", self.uri, exc, delay)
+        logger.info(
+            "connecting to %s failed (%s); retrying in %.1f s", _redact(self.uri), exc, delay
+        )
         return delay
 
     def connected(self) -> None:
