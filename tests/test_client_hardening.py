@@ -8,15 +8,19 @@ import asyncio
 import base64
 import logging
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import trustme
 
 import embedws
 from embedws.errors import (
+    ConnectError,
+    EmbedwsError,
     HandshakeTimeout,
     InvalidHandshake,
     InvalidStatus,
@@ -24,7 +28,7 @@ from embedws.errors import (
     ProxyError,
 )
 
-from .conftest import MS
+from .conftest import MS, echo_handlers, serving
 
 SECRETS = ("s3cret", "t0ken", base64.b64encode(b"user:s3cret").decode())
 
@@ -294,3 +298,110 @@ def test_no_secret_in_an_invalid_uri_proxy_or_redirect(
             opener(s.url("/ws?token=t0ken", userinfo="user:s3cret@"))
     assert "'ftp://***@elsewhere/?***' is not a ws:// or wss:// URI" in str(caught.value)
     assert_no_secret(debug_logs, caught.value)
+
+
+# every failure is an embedws.errors type -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_server_context() -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+def test_ws_to_a_tls_server_suggests_wss(
+    tls_server_context: ssl.SSLContext, opener: Callable[..., None]
+) -> None:
+    app = embedws.App("tls")
+    echo, _ = echo_handlers()
+    app.add_websocket_route(echo, "/echo")
+    with serving(app, ssl=tls_server_context) as server:
+        port = server.port
+        with pytest.raises(ConnectError) as caught:
+            opener(f"ws://127.0.0.1:{port}/echo")
+    assert type(caught.value) is ConnectError
+    assert str(caught.value) == (
+        f"ws://127.0.0.1:{port}/echo: the server closed the connection during the"
+        " opening handshake (if it expects TLS, use wss://)"
+    )
+    assert caught.value.__cause__ is not None
+
+
+@pytest.mark.parametrize(
+    ("server", "error", "message"),
+    [
+        pytest.param(
+            {"respond": None, "close_at_once": True},
+            ConnectError,
+            "the server closed the connection during the opening handshake",
+            id="closes-at-once",
+        ),
+        pytest.param(
+            {"respond": b"HTTP/1.1 101 Switching Protocols\r\nUpg", "reset": True},
+            ConnectError,
+            "the server closed the connection during the opening handshake",
+            id="resets-mid-handshake",
+        ),
+        pytest.param(
+            {"respond": b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "hold": True},
+            InvalidHandshake,
+            "the server's answer is not a valid HTTP/1.1 response: invalid HTTP status line:"
+            " SSH-2.0-OpenSSH_9.6",
+            id="garbage-and-holds",
+        ),
+        pytest.param(
+            {"respond": b"hello\r\n\r\n"},
+            InvalidHandshake,
+            "the server's answer is not a valid HTTP/1.1 response: invalid HTTP status line: hello",
+            id="garbage-and-closes",
+        ),
+        pytest.param(
+            {"respond": b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello"},
+            InvalidHandshake,
+            "the server's answer is not a valid HTTP/1.1 response: unsupported protocol; expected "
+            "HTTP/1.1: HTTP/1.0 200 OK",
+            id="http-1.0",
+        ),
+    ],
+)
+def test_a_broken_server_is_an_embedws_error(
+    opener: Callable[..., None], server: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with RawServer(**server) as raw:
+        # open_timeout would end a client waiting in vain with HandshakeTimeout
+        with pytest.raises(EmbedwsError) as caught:
+            opener(raw.url("/ws"), open_timeout=2000 * MS)
+    assert type(caught.value) is error
+    hint = " (if it expects TLS, use wss://)" if error is ConnectError else ""
+    assert str(caught.value) == f"ws://127.0.0.1:{raw.port}/ws: {message}{hint}"
+    assert caught.value.__cause__ is not None
+
+
+def test_a_closed_handshake_is_retried_and_garbage_is_not() -> None:
+    with RawServer(None, close_at_once=True) as closing:
+        with pytest.raises(GaveUp):
+            reconnect_until_given_up(closing.url("/ws"))
+        assert closing.connections == 4
+    with RawServer(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", hold=True) as garbage:
+        with pytest.raises(InvalidHandshake):
+            reconnect_until_given_up(garbage.url("/ws"), open_timeout=2000 * MS)
+        assert garbage.connections == 1
+
+
+def test_uris_and_redirects_that_urllib_rejects_are_invalid_uris(
+    opener: Callable[..., None],
+) -> None:
+    with pytest.raises(InvalidURI, match="Port out of range"):
+        opener("ws://127.0.0.1:99999/")
+    with RawServer(answer("302 Found", "Location: ws://[::1/")) as server:
+        with pytest.raises(InvalidURI, match="redirected to an invalid location"):
+            opener(server.url("/ws"))
+
+
+def test_a_socks5h_proxy_is_understood(opener: Callable[..., None]) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ProxyError, match=f"cannot use the SOCKS proxy socks5h://127.0.0.1:{port}"):
+        opener("ws://example.invalid/", proxy=f"socks5h://127.0.0.1:{port}")

@@ -31,7 +31,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import h11
 from websockets.client import backoff
 from websockets.exceptions import InvalidHandshake as WSInvalidHandshake
-from websockets.exceptions import InvalidProxy
+from websockets.exceptions import InvalidMessage, InvalidProxy
 from websockets.exceptions import InvalidStatus as WSInvalidStatus
 from websockets.exceptions import InvalidURI as WSInvalidURI
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
@@ -165,6 +165,8 @@ def _parse(uri: str) -> WebSocketURI:
         shown = _redact(uri)
         exc.uri, exc.args = shown, (shown, exc.msg)  # the cause shows it too
         raise InvalidURI(f"{shown!r} is not a ws:// or wss:// URI: {exc.msg}") from exc
+    except ValueError as exc:  # urllib's: a port out of range, undecodable userinfo...
+        raise InvalidURI(f"{_redact(uri)!r} is not a valid URI: {exc}") from exc
 
 
 async def open_connection(
@@ -183,8 +185,9 @@ async def open_connection(
                 if conn is not None:
                     return conn
                 assert location is not None
-                target = urljoin(uri.replace("ws", "http", 1), location).replace("http", "ws", 1)
-                if ws_uri.secure and not target.startswith("wss://"):
+                target = _redirect_target(uri, location)
+                new_uri = _parse(target)
+                if ws_uri.secure and not new_uri.secure:
                     raise InvalidHandshake(
                         f"{_redact(uri)} redirected to {_redact(target)}: "
                         "refusing to leave wss:// for ws://"
@@ -200,6 +203,16 @@ async def open_connection(
         raise HandshakeTimeout(
             f"could not open {_redact(uri)} within {options.open_timeout} s (open_timeout)"
         ) from exc
+
+
+def _redirect_target(uri: str, location: str) -> str:
+    """The ws:// or wss:// URI a redirect from ``uri`` to ``location`` leads to."""
+    try:
+        parts = urlsplit(urljoin(uri, location))
+    except ValueError as exc:
+        raise InvalidURI(f"{_redact(uri)} redirected to an invalid location: {exc}") from exc
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit(parts._replace(scheme=scheme))
 
 
 async def _attempt(
@@ -227,7 +240,11 @@ async def _attempt(
             request.headers[name] = value
         protocol.send_request(request)
         conn._flush()
-        response: WSResponse = await asyncio.shield(handshake)
+        try:
+            response: WSResponse = await asyncio.shield(handshake)
+        except OSError as exc:  # the connection ended before a response came
+            failure = protocol.handshake_exc
+            raise _unanswered(ws_uri, failure) from failure or exc
     except BaseException:
         handshake.cancel()
         conn.abort()
@@ -251,6 +268,31 @@ async def _attempt(
             f"the server's handshake response is invalid: {failure}"
         ) from failure
     raise InvalidHandshake(f"no valid handshake response: {failure}") from failure
+
+
+def _unanswered(ws_uri: WebSocketURI, failure: Exception | None) -> ConnectError:
+    """The error of a handshake whose connection ended before a valid response.
+
+    An end of stream in the middle (or instead) of the response is a closed
+    connection, worth retrying; anything else the server sent was no HTTP.
+    """
+    shown = _redact(_uri_of(ws_uri))
+    detail = failure.__cause__ if isinstance(failure, InvalidMessage) else failure
+    if detail is None or isinstance(detail, EOFError):
+        # A TLS server closes a plain connection that way, without a word.
+        hint = "" if ws_uri.secure else " (if it expects TLS, use wss://)"
+        return ConnectError(
+            f"{shown}: the server closed the connection during the opening handshake{hint}"
+        )
+    return InvalidHandshake(
+        f"{shown}: the server's answer is not a valid HTTP/1.1 response: {detail}"
+    )
+
+
+def _uri_of(ws_uri: WebSocketURI) -> str:
+    """The URI of a parsed URI, without userinfo."""
+    host = build_host(ws_uri.host, ws_uri.port, ws_uri.secure)
+    return f"{'wss' if ws_uri.secure else 'ws'}://{host}{ws_uri.resource_name}"
 
 
 async def _open_transport(conn: Connection, ws_uri: WebSocketURI, options: ClientOptions) -> None:
@@ -278,7 +320,7 @@ async def _open_transport(conn: Connection, ws_uri: WebSocketURI, options: Clien
             exc.proxy, exc.args = shown, (shown, exc.msg)  # the cause shows it too
             raise ProxyError(f"invalid proxy {shown!r}: {exc.msg}") from exc
         if proxy.scheme.startswith("socks"):
-            sock = await _socks_tunnel(proxy_url, ws_uri)
+            sock = await _socks_tunnel(proxy, ws_uri)
             await loop.create_connection(
                 lambda: conn,
                 sock=sock,
@@ -391,23 +433,34 @@ async def _http_tunnel(
     return transport
 
 
-async def _socks_tunnel(proxy_url: str, ws_uri: WebSocketURI) -> socket.socket:
+async def _socks_tunnel(proxy: Proxy, ws_uri: WebSocketURI) -> socket.socket:
     try:
         # an optional dependency: the embedws[socks] extra
         from python_socks import ProxyError as SocksError  # noqa: PLC0415
+        from python_socks import ProxyType  # noqa: PLC0415
         from python_socks.async_.asyncio import Proxy as SocksProxy  # noqa: PLC0415
     except ImportError as exc:
         raise ProxyError(
             "SOCKS proxies need the python-socks package: pip install 'embedws[socks]'"
         ) from exc
+    # python-socks knows neither "socks5h" nor "socks4a" (names that ask for
+    # the proxy to resolve the host); for the others, its defaults as before.
+    kind, rdns = {
+        "socks5h": (ProxyType.SOCKS5, True),
+        "socks5": (ProxyType.SOCKS5, None),
+        "socks4a": (ProxyType.SOCKS4, True),
+        "socks4": (ProxyType.SOCKS4, None),
+    }[proxy.scheme]
+    socks = SocksProxy(kind, proxy.host, proxy.port, proxy.username, proxy.password, rdns)
+    shown = (
+        f"{proxy.scheme}://{build_host(proxy.host, proxy.port, False, always_include_port=True)}"
+    )
     try:
-        sock: socket.socket = await SocksProxy.from_url(proxy_url).connect(
-            dest_host=ws_uri.host, dest_port=ws_uri.port
-        )
+        sock: socket.socket = await socks.connect(dest_host=ws_uri.host, dest_port=ws_uri.port)
     except SocksError as exc:
         raise ProxyError(f"the SOCKS proxy refused the connection: {exc}") from exc
     except OSError as exc:
-        raise ProxyError(f"cannot use the SOCKS proxy {_redact(proxy_url)}: {exc}") from exc
+        raise ProxyError(f"cannot use the SOCKS proxy {shown}: {exc}") from exc
     return sock
 
 
