@@ -300,6 +300,64 @@ def test_no_secret_in_an_invalid_uri_proxy_or_redirect(
     assert_no_secret(debug_logs, caught.value)
 
 
+# credentials stay on their origin ------------------------------------------------------
+
+
+@pytest.mark.parametrize("other", ["port", "host"])
+def test_a_cross_origin_redirect_drops_the_credentials(
+    opener: Callable[..., None], other: str
+) -> None:
+    with RawServer(answer("403 Forbidden")) as landing:
+
+        def redirect(head: bytes) -> bytes:
+            if path_of(head) != "/ws":
+                return answer("403 Forbidden")
+            if other == "port":  # the same host, another port
+                return answer("302 Found", f"Location: ws://127.0.0.1:{landing.port}/landing")
+            # the same server under another name: another origin all the same
+            return answer("302 Found", f"Location: ws://localhost:{first.port}/landing")
+
+        with RawServer(redirect) as first:
+            target = landing if other == "port" else first
+            headers = {"authorization": "Bearer t0ken", "COOKIE": "sid=s3cret", "X-Kept": "yes"}
+            with pytest.raises(InvalidStatus, match="HTTP 403"):
+                opener(first.url("/ws"), headers=headers)
+            with pytest.raises(InvalidStatus, match="HTTP 403"):
+                opener(first.url("/ws", userinfo="user:s3cret@"))
+    asked = [h for h in target.requests if path_of(h) == "/landing"]
+    assert len(asked) == 2
+    with_headers, with_userinfo = map(request_headers, asked)
+    assert "authorization" not in with_headers
+    assert "cookie" not in with_headers
+    assert with_headers["x-kept"] == "yes"
+    assert "authorization" not in with_userinfo
+    assert request_headers(first.requests[0])["cookie"] == "sid=s3cret"  # sent to the first
+
+
+def test_a_same_origin_redirect_keeps_the_credentials(opener: Callable[..., None]) -> None:
+    def redirect(head: bytes) -> bytes:
+        path = path_of(head)
+        if path == "/ws":
+            return answer("302 Found", "Location: /middle")
+        if path == "/middle":  # written out in full, with no userinfo: the same origin
+            return answer("302 Found", f"Location: ws://127.0.0.1:{server.port}/landing")
+        return answer("403 Forbidden")
+
+    with RawServer(redirect) as server:
+        with pytest.raises(InvalidStatus, match="HTTP 403"):
+            opener(server.url("/ws"), headers={"Authorization": "Bearer t0ken", "Cookie": "a=b"})
+        with pytest.raises(InvalidStatus, match="HTTP 403"):
+            opener(server.url("/ws", userinfo="user:s3cret@"))
+    paths = [path_of(h) for h in server.requests]
+    assert paths == ["/ws", "/middle", "/landing"] * 2
+    headers = [request_headers(h) for h in server.requests]
+    for hop in headers[:3]:
+        assert (hop["authorization"], hop["cookie"]) == ("Bearer t0ken", "a=b")
+    basic = base64.b64encode(b"user:s3cret").decode()
+    for hop in headers[3:]:
+        assert hop["authorization"] == f"Basic {basic}"
+
+
 # every failure is an embedws.errors type -----------------------------------------------
 
 

@@ -12,7 +12,8 @@ classes; ``async for ws in connect(...)`` reconnects with exponential backoff.
 
 Secrets: a URI's userinfo (Basic credentials) and query (often a token) never
 appear in a log record or an exception message; :func:`_redact` shows such a
-URI as ``ws://***@host:port/path?***``.
+URI as ``ws://***@host:port/path?***``. Credentials (userinfo,
+``Authorization``, ``Cookie``) follow a redirect only within their origin.
 """
 
 from __future__ import annotations
@@ -65,8 +66,10 @@ logger = logging.getLogger("embedws.client")
 USER_AGENT = "embedws Python/{}.{}".format(*sys.version_info[:2])
 MAX_REDIRECTS = 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Dropped on a redirect to another origin, as browsers, httpx and websockets do.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 # Shown as *** in the handshake's debug log.
-_SECRET_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie"})
+_SECRET_HEADERS = _CREDENTIAL_HEADERS | {"set-cookie"}
 _client_ids = itertools.count(1)
 
 
@@ -177,11 +180,12 @@ async def open_connection(
     Raises:
         ConnectError: one of its subclasses says what failed.
     """
+    headers = options.headers
     try:
         async with asyncio.timeout(options.open_timeout):
             for _ in range(MAX_REDIRECTS + 1):
                 ws_uri = _parse(uri)
-                conn, location = await _attempt(ws_uri, options, connection_class)
+                conn, location = await _attempt(ws_uri, options, headers, connection_class)
                 if conn is not None:
                     return conn
                 assert location is not None
@@ -192,6 +196,17 @@ async def open_connection(
                         f"{_redact(uri)} redirected to {_redact(target)}: "
                         "refusing to leave wss:// for ws://"
                     )
+                if (new_uri.secure, new_uri.host, new_uri.port) != (
+                    ws_uri.secure,
+                    ws_uri.host,
+                    ws_uri.port,
+                ):
+                    # Another origin: the credentials stay behind, for good (and
+                    # so does any userinfo the Location itself carries).
+                    headers = [(k, v) for k, v in headers if k.lower() not in _CREDENTIAL_HEADERS]
+                    target = _with_userinfo(target, "")
+                elif new_uri.user_info is None:
+                    target = _with_userinfo(target, _userinfo(uri))
                 logger.debug("redirected from %s to %s", _redact(uri), _redact(target))
                 uri = target
             raise InvalidHandshake(
@@ -215,8 +230,24 @@ def _redirect_target(uri: str, location: str) -> str:
     return urlunsplit(parts._replace(scheme=scheme))
 
 
+def _userinfo(uri: str) -> str:
+    """The userinfo of a URI (``user:password``), ``""`` if none."""
+    netloc = urlsplit(uri).netloc
+    return netloc.rpartition("@")[0]
+
+
+def _with_userinfo(uri: str, userinfo: str) -> str:
+    """``uri`` with ``userinfo`` (``""``: none) in place of its own."""
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}" if userinfo else host))
+
+
 async def _attempt(
-    ws_uri: WebSocketURI, options: ClientOptions, connection_class: type[Websocket]
+    ws_uri: WebSocketURI,
+    options: ClientOptions,
+    headers: list[tuple[str, str]],
+    connection_class: type[Websocket],
 ) -> tuple[Websocket | None, str | None]:
     """One connection attempt: the open websocket, or a redirect's Location."""
     loop = asyncio.get_running_loop()
@@ -236,7 +267,7 @@ async def _attempt(
         request = protocol.connect()
         if options.user_agent is not None:
             request.headers["User-Agent"] = options.user_agent
-        for name, value in options.headers:
+        for name, value in headers:
             request.headers[name] = value
         protocol.send_request(request)
         conn._flush()
