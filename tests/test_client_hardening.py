@@ -358,6 +358,40 @@ def test_a_same_origin_redirect_keeps_the_credentials(opener: Callable[..., None
         assert hop["authorization"] == f"Basic {basic}"
 
 
+# loopback skips the proxies of the environment -----------------------------------------
+
+
+@pytest.fixture
+def echo_server() -> Iterator[Any]:
+    app = embedws.App("client-hardening")
+    echo, _ = echo_handlers()
+    app.add_websocket_route(echo, "/echo")
+    with serving(app) as server:
+        yield server
+
+
+def test_loopback_connects_directly_despite_proxy_variables(
+    echo_server: Any, opener: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with RawServer(answer("502 Bad Gateway")) as proxy:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        port = echo_server.port
+        opener(f"ws://127.0.0.1:{port}/echo")
+        opener(f"ws://localhost:{port}/echo")
+        assert proxy.connections == 0
+        with pytest.raises(ProxyError, match="HTTP 502"):  # named: used, loopback or not
+            opener(f"ws://127.0.0.1:{port}/echo", proxy=f"http://127.0.0.1:{proxy.port}")
+        with pytest.raises(ProxyError, match="HTTP 502"):  # other hosts: as before
+            opener("ws://embedws-test.invalid/echo")
+    assert [h.split(b"\r\n")[0] for h in proxy.requests] == [
+        f"CONNECT 127.0.0.1:{port} HTTP/1.1".encode(),
+        b"CONNECT embedws-test.invalid:80 HTTP/1.1",
+    ]
+
+
 # every failure is an embedws.errors type -----------------------------------------------
 
 

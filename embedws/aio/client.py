@@ -14,6 +14,7 @@ Secrets: a URI's userinfo (Basic credentials) and query (often a token) never
 appear in a log record or an exception message; :func:`_redact` shows such a
 URI as ``ws://***@host:port/path?***``. Credentials (userinfo,
 ``Authorization``, ``Cookie``) follow a redirect only within their origin.
+Loopback destinations ignore the proxy variables of the environment.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from ..errors import (
 )
 from ..protocol import ClientProtocol
 from ..response import HTTPResponse
+from ..security import is_loopback_name
 from ..tls import client_context
 from .connection import Connection, Settings, Websocket, _ProtocolLogger
 
@@ -388,7 +390,9 @@ async def _open_transport(conn: Connection, ws_uri: WebSocketURI, options: Clien
 
 def _proxy_for(ws_uri: WebSocketURI, proxy: str | bool | None) -> str | None:
     if proxy is True:
-        return get_proxy(ws_uri)
+        # A proxy elsewhere cannot reach this machine's loopback, and a program
+        # talking to a local server must not depend on the network's proxy.
+        return None if is_loopback_name(ws_uri.host) else get_proxy(ws_uri)
     if proxy is False or proxy is None:
         return None
     return proxy
