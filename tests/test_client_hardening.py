@@ -87,10 +87,10 @@ class RawServer:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         # Wake the blocking accept() with one last connection.
-        socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
-        self._acceptor.join(5)
+        socket.create_connection(("127.0.0.1", self.port), timeout=5000 * MS).close()
+        self._acceptor.join(5000 * MS)
         for thread in self._threads:
-            thread.join(5)
+            thread.join(5000 * MS)
         self.listener.close()
 
     def _accept(self) -> None:
@@ -108,7 +108,7 @@ class RawServer:
         with sock:
             if self.close_at_once:
                 return
-            sock.settimeout(5)
+            sock.settimeout(5000 * MS)
             head = b""
             try:
                 while b"\r\n\r\n" not in head:
@@ -122,14 +122,14 @@ class RawServer:
             respond = self.respond
             answer = respond(head) if callable(respond) else respond
             if answer is None:
-                self._stop.wait(10)
+                self._stop.wait(10_000 * MS)
                 return
             try:
                 sock.sendall(answer)
             except OSError:
                 return
             if self.hold:
-                self._stop.wait(10)
+                self._stop.wait(10_000 * MS)
             if self.reset:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
@@ -238,6 +238,9 @@ def test_no_secret_when_the_server_answers_500(
         with pytest.raises(InvalidStatus) as caught:
             opener(url)
         assert caught.value.status == 500
+        messages = [r.getMessage() for r in debug_logs.records]
+        assert "> GET /ws?*** HTTP/1.1" in messages  # the handshake is logged, without secrets
+        assert "> Authorization: ***" in messages
         assert_no_secret(debug_logs, caught.value)
         with pytest.raises(GaveUp) as gave_up:
             reconnect_until_given_up(url)  # 500 is retried, and logged
