@@ -9,6 +9,12 @@ bundle unless ``ssl=`` says otherwise), send the handshake and wait for the
 101, following up to 10 redirects (never from ``wss://`` to ``ws://``). All of
 it is bounded by ``open_timeout``. Errors come out as ``embedws.errors``
 classes; ``async for ws in connect(...)`` reconnects with exponential backoff.
+
+Secrets: a URI's userinfo (Basic credentials) and query (often a token) never
+appear in a log record or an exception message; :func:`_redact` shows such a
+URI as ``ws://***@host:port/path?***``. Credentials (userinfo,
+``Authorization``, ``Cookie``) follow a redirect only within their origin.
+Loopback destinations ignore the proxy variables of the environment.
 """
 
 from __future__ import annotations
@@ -22,12 +28,12 @@ import ssl as ssl_module
 import sys
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import h11
 from websockets.client import backoff
 from websockets.exceptions import InvalidHandshake as WSInvalidHandshake
-from websockets.exceptions import InvalidProxy
+from websockets.exceptions import InvalidMessage, InvalidProxy
 from websockets.exceptions import InvalidStatus as WSInvalidStatus
 from websockets.exceptions import InvalidURI as WSInvalidURI
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
@@ -51,8 +57,9 @@ from ..errors import (
 )
 from ..protocol import ClientProtocol
 from ..response import HTTPResponse
+from ..security import is_loopback_name
 from ..tls import client_context
-from .connection import Connection, Settings, Websocket, protocol_logger
+from .connection import Connection, Settings, Websocket, _ProtocolLogger
 
 __all__ = ["ClientOptions", "ConnectSpec", "connect", "open_connection"]
 
@@ -61,7 +68,57 @@ logger = logging.getLogger("embedws.client")
 USER_AGENT = "embedws Python/{}.{}".format(*sys.version_info[:2])
 MAX_REDIRECTS = 10
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Dropped on a redirect to another origin, as browsers, httpx and websockets do.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+# Shown as *** in the handshake's debug log.
+_SECRET_HEADERS = _CREDENTIAL_HEADERS | {"set-cookie"}
 _client_ids = itertools.count(1)
+
+
+def _redact(uri: str) -> str:
+    """``uri`` for logs and error messages: userinfo, query and fragment shown as ``***``.
+
+    Scheme, host, port and path stay, so the reader still sees where the client
+    went; what is left out is where credentials and tokens usually are.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # not even a URL: show nothing of it
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if parts.query:
+        shown += "?***"
+    if parts.fragment:
+        shown += "#***"
+    return shown
+
+
+class _HandshakeLogger(_ProtocolLogger):
+    """The client's Sans-I/O logger: handshake lines without tokens or credentials.
+
+    ``websockets`` logs the request line and every header of the handshake at
+    DEBUG; the query of the request line and the values of credential headers
+    are replaced by ``***``. The format strings are those of ``websockets``'
+    ``ClientProtocol`` (pinned range); tests/test_client_hardening.py notices
+    if they change.
+    """
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        if msg == "> GET %s HTTP/1.1" and len(args) == 1:
+            args = (_redact(str(args[0])),)
+        elif msg in ("> %s: %s", "< %s: %s") and len(args) == 2:
+            name = str(args[0]).lower()
+            if name in _SECRET_HEADERS:
+                args = (args[0], "***")
+            elif name == "location":
+                args = (args[0], _redact(str(args[1])))
+        super().log(level, msg, *args, **kwargs)
+
+
+_handshake_logger = _HandshakeLogger(logging.getLogger("embedws.protocol"), {})
 
 
 class ClientOptions:
@@ -110,7 +167,11 @@ def _parse(uri: str) -> WebSocketURI:
     try:
         return parse_uri(uri)
     except WSInvalidURI as exc:
-        raise InvalidURI(f"{uri!r} is not a ws:// or wss:// URI: {exc}") from exc
+        shown = _redact(uri)
+        exc.uri, exc.args = shown, (shown, exc.msg)  # the cause shows it too
+        raise InvalidURI(f"{shown!r} is not a ws:// or wss:// URI: {exc.msg}") from exc
+    except ValueError as exc:  # urllib's: a port out of range, undecodable userinfo...
+        raise InvalidURI(f"{_redact(uri)!r} is not a valid URI: {exc}") from exc
 
 
 async def open_connection(
@@ -121,32 +182,74 @@ async def open_connection(
     Raises:
         ConnectError: one of its subclasses says what failed.
     """
+    headers = options.headers
     try:
         async with asyncio.timeout(options.open_timeout):
             for _ in range(MAX_REDIRECTS + 1):
                 ws_uri = _parse(uri)
-                conn, location = await _attempt(ws_uri, options, connection_class)
+                conn, location = await _attempt(ws_uri, options, headers, connection_class)
                 if conn is not None:
                     return conn
                 assert location is not None
-                target = urljoin(uri.replace("ws", "http", 1), location).replace("http", "ws", 1)
-                if ws_uri.secure and not target.startswith("wss://"):
+                target = _redirect_target(uri, location)
+                new_uri = _parse(target)
+                if ws_uri.secure and not new_uri.secure:
                     raise InvalidHandshake(
-                        f"{uri} redirected to {target}: refusing to leave wss:// for ws://"
+                        f"{_redact(uri)} redirected to {_redact(target)}: "
+                        "refusing to leave wss:// for ws://"
                     )
-                logger.debug("redirected from %s to %s", uri, target)
+                if (new_uri.secure, new_uri.host, new_uri.port) != (
+                    ws_uri.secure,
+                    ws_uri.host,
+                    ws_uri.port,
+                ):
+                    # Another origin: the credentials stay behind, for good (and
+                    # so does any userinfo the Location itself carries).
+                    headers = [(k, v) for k, v in headers if k.lower() not in _CREDENTIAL_HEADERS]
+                    target = _with_userinfo(target, "")
+                elif new_uri.user_info is None:
+                    target = _with_userinfo(target, _userinfo(uri))
+                logger.debug("redirected from %s to %s", _redact(uri), _redact(target))
                 uri = target
-            raise InvalidHandshake(f"more than {MAX_REDIRECTS} redirects, the last to {uri}")
+            raise InvalidHandshake(
+                f"more than {MAX_REDIRECTS} redirects, the last to {_redact(uri)}"
+            )
     except TimeoutError as exc:
         if isinstance(exc, ConnectError):
             raise
         raise HandshakeTimeout(
-            f"could not open {uri} within {options.open_timeout} s (open_timeout)"
+            f"could not open {_redact(uri)} within {options.open_timeout} s (open_timeout)"
         ) from exc
 
 
+def _redirect_target(uri: str, location: str) -> str:
+    """The ws:// or wss:// URI a redirect from ``uri`` to ``location`` leads to."""
+    try:
+        parts = urlsplit(urljoin(uri, location))
+    except ValueError as exc:
+        raise InvalidURI(f"{_redact(uri)} redirected to an invalid location: {exc}") from exc
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    return urlunsplit(parts._replace(scheme=scheme))
+
+
+def _userinfo(uri: str) -> str:
+    """The userinfo of a URI (``user:password``), ``""`` if none."""
+    netloc = urlsplit(uri).netloc
+    return netloc.rpartition("@")[0]
+
+
+def _with_userinfo(uri: str, userinfo: str) -> str:
+    """``uri`` with ``userinfo`` (``""``: none) in place of its own."""
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}" if userinfo else host))
+
+
 async def _attempt(
-    ws_uri: WebSocketURI, options: ClientOptions, connection_class: type[Websocket]
+    ws_uri: WebSocketURI,
+    options: ClientOptions,
+    headers: list[tuple[str, str]],
+    connection_class: type[Websocket],
 ) -> tuple[Websocket | None, str | None]:
     """One connection attempt: the open websocket, or a redirect's Location."""
     loop = asyncio.get_running_loop()
@@ -156,7 +259,7 @@ async def _attempt(
         extensions=options.extensions,
         subprotocols=options.subprotocols,
         max_size=options.max_size,
-        logger=protocol_logger,
+        logger=_handshake_logger,
         state=CONNECTING,
     )
     conn = connection_class(protocol, options.settings, loop, conn_id=next(_client_ids))
@@ -166,11 +269,15 @@ async def _attempt(
         request = protocol.connect()
         if options.user_agent is not None:
             request.headers["User-Agent"] = options.user_agent
-        for name, value in options.headers:
+        for name, value in headers:
             request.headers[name] = value
         protocol.send_request(request)
         conn._flush()
-        response: WSResponse = await asyncio.shield(handshake)
+        try:
+            response: WSResponse = await asyncio.shield(handshake)
+        except OSError as exc:  # the connection ended before a response came
+            failure = protocol.handshake_exc
+            raise _unanswered(ws_uri, failure) from failure or exc
     except BaseException:
         handshake.cancel()
         conn.abort()
@@ -187,13 +294,38 @@ async def _attempt(
         location = response.headers.get("Location")
         if response.status_code in _REDIRECTS and location:
             return None, location
-        headers = dict(response.headers.raw_items())
-        raise InvalidStatus(response.status_code, headers, bytes(response.body)) from failure
+        answered = dict(response.headers.raw_items())
+        raise InvalidStatus(response.status_code, answered, bytes(response.body)) from failure
     if isinstance(failure, WSInvalidHandshake):
         raise InvalidHandshake(
             f"the server's handshake response is invalid: {failure}"
         ) from failure
     raise InvalidHandshake(f"no valid handshake response: {failure}") from failure
+
+
+def _unanswered(ws_uri: WebSocketURI, failure: Exception | None) -> ConnectError:
+    """The error of a handshake whose connection ended before a valid response.
+
+    An end of stream in the middle (or instead) of the response is a closed
+    connection, worth retrying; anything else the server sent was no HTTP.
+    """
+    shown = _redact(_uri_of(ws_uri))
+    detail = failure.__cause__ if isinstance(failure, InvalidMessage) else failure
+    if detail is None or isinstance(detail, EOFError):
+        # A TLS server closes a plain connection that way, without a word.
+        hint = "" if ws_uri.secure else " (if it expects TLS, use wss://)"
+        return ConnectError(
+            f"{shown}: the server closed the connection during the opening handshake{hint}"
+        )
+    return InvalidHandshake(
+        f"{shown}: the server's answer is not a valid HTTP/1.1 response: {detail}"
+    )
+
+
+def _uri_of(ws_uri: WebSocketURI) -> str:
+    """The URI of a parsed URI, without userinfo."""
+    host = build_host(ws_uri.host, ws_uri.port, ws_uri.secure)
+    return f"{'wss' if ws_uri.secure else 'ws'}://{host}{ws_uri.resource_name}"
 
 
 async def _open_transport(conn: Connection, ws_uri: WebSocketURI, options: ClientOptions) -> None:
@@ -217,9 +349,11 @@ async def _open_transport(conn: Connection, ws_uri: WebSocketURI, options: Clien
         try:
             proxy = parse_proxy(proxy_url)
         except InvalidProxy as exc:
-            raise ProxyError(f"invalid proxy {proxy_url!r}: {exc}") from exc
+            shown = _redact(proxy_url)
+            exc.proxy, exc.args = shown, (shown, exc.msg)  # the cause shows it too
+            raise ProxyError(f"invalid proxy {shown!r}: {exc.msg}") from exc
         if proxy.scheme.startswith("socks"):
-            sock = await _socks_tunnel(proxy_url, ws_uri)
+            sock = await _socks_tunnel(proxy, ws_uri)
             await loop.create_connection(
                 lambda: conn,
                 sock=sock,
@@ -256,7 +390,9 @@ async def _open_transport(conn: Connection, ws_uri: WebSocketURI, options: Clien
 
 def _proxy_for(ws_uri: WebSocketURI, proxy: str | bool | None) -> str | None:
     if proxy is True:
-        return get_proxy(ws_uri)
+        # A proxy elsewhere cannot reach this machine's loopback, and a program
+        # talking to a local server must not depend on the network's proxy.
+        return None if is_loopback_name(ws_uri.host) else get_proxy(ws_uri)
     if proxy is False or proxy is None:
         return None
     return proxy
@@ -332,23 +468,34 @@ async def _http_tunnel(
     return transport
 
 
-async def _socks_tunnel(proxy_url: str, ws_uri: WebSocketURI) -> socket.socket:
+async def _socks_tunnel(proxy: Proxy, ws_uri: WebSocketURI) -> socket.socket:
     try:
         # an optional dependency: the embedws[socks] extra
         from python_socks import ProxyError as SocksError  # noqa: PLC0415
+        from python_socks import ProxyType  # noqa: PLC0415
         from python_socks.async_.asyncio import Proxy as SocksProxy  # noqa: PLC0415
     except ImportError as exc:
         raise ProxyError(
             "SOCKS proxies need the python-socks package: pip install 'embedws[socks]'"
         ) from exc
+    # python-socks knows neither "socks5h" nor "socks4a" (names that ask for
+    # the proxy to resolve the host); for the others, its defaults as before.
+    kind, rdns = {
+        "socks5h": (ProxyType.SOCKS5, True),
+        "socks5": (ProxyType.SOCKS5, None),
+        "socks4a": (ProxyType.SOCKS4, True),
+        "socks4": (ProxyType.SOCKS4, None),
+    }[proxy.scheme]
+    socks = SocksProxy(kind, proxy.host, proxy.port, proxy.username, proxy.password, rdns)
+    shown = (
+        f"{proxy.scheme}://{build_host(proxy.host, proxy.port, False, always_include_port=True)}"
+    )
     try:
-        sock: socket.socket = await SocksProxy.from_url(proxy_url).connect(
-            dest_host=ws_uri.host, dest_port=ws_uri.port
-        )
+        sock: socket.socket = await socks.connect(dest_host=ws_uri.host, dest_port=ws_uri.port)
     except SocksError as exc:
         raise ProxyError(f"the SOCKS proxy refused the connection: {exc}") from exc
     except OSError as exc:
-        raise ProxyError(f"cannot use the SOCKS proxy {proxy_url}: {exc}") from exc
+        raise ProxyError(f"cannot use the SOCKS proxy {shown}: {exc}") from exc
     return sock
 
 
@@ -389,7 +536,9 @@ class ConnectSpec:
         if self._delays is None:
             self._delays = self._reconnect_delays()
         delay = next(self._delays)
-        logger.info("connecting to %s failed (%s); retrying in %.1f s", self.uri, exc, delay)
+        logger.info(
+            "connecting to %s failed (%s); retrying in %.1f s", _redact(self.uri), exc, delay
+        )
         return delay
 
     def connected(self) -> None:

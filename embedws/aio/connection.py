@@ -312,6 +312,11 @@ class Connection(asyncio.BufferedProtocol):
             self._arm_close_timer()
         for event in events:
             self._process(event)
+        if protocol.state is CONNECTING and protocol.handshake_exc is not None:
+            # A client's handshake failed on an answer that is no HTTP response:
+            # no response event will come, and waiting for the server to close
+            # would only delay the error until close_timeout.
+            self.abort()
 
     def eof_received(self) -> bool | None:
         self.protocol.receive_eof()
