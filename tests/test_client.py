@@ -428,21 +428,6 @@ def test_through_a_real_proxy(server: Any, scheme: str) -> None:
             assert ws.recv(timeout=5) == f"through {scheme}"
 
 
-def test_the_proxy_comes_from_the_environment(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    with proxy_server("http") as port:
-        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
-        monkeypatch.setenv("NO_PROXY", "")
-        monkeypatch.delenv("no_proxy", raising=False)
-        with server.connect("/echo") as ws:
-            ws.send("env proxy")
-            assert ws.recv(timeout=5) == "env proxy"
-        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")  # nothing there
-        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-        with server.connect("/echo") as ws:  # bypassed
-            ws.send("no proxy")
-            assert ws.recv(timeout=5) == "no proxy"
-
-
 def test_a_proxy_refusal_is_a_proxy_error_and_credentials_are_sent(server: Any) -> None:
     """A proxy that answers CONNECT with 407: what it saw, and what the user sees."""
     seen: list[bytes] = []

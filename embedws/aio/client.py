@@ -59,7 +59,7 @@ from ..protocol import ClientProtocol
 from ..response import HTTPResponse
 from ..security import is_loopback_name
 from ..tls import client_context
-from .connection import Connection, Settings, Websocket, _ProtocolLogger
+from .connection import Connection, ProtocolLogger, Settings, Websocket
 
 __all__ = ["ClientOptions", "ConnectSpec", "connect", "open_connection"]
 
@@ -96,7 +96,7 @@ def _redact(uri: str) -> str:
     return shown
 
 
-class _HandshakeLogger(_ProtocolLogger):
+class _HandshakeLogger(ProtocolLogger):
     """The client's Sans-I/O logger: handshake lines without tokens or credentials.
 
     ``websockets`` logs the request line and every header of the handshake at

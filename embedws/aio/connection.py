@@ -66,6 +66,7 @@ __all__ = [
     "Connection",
     "Consumer",
     "PongWaiter",
+    "ProtocolLogger",
     "Settings",
     "Websocket",
     "protocol_logger",
@@ -75,7 +76,7 @@ __all__ = [
 logger = logging.getLogger("embedws.connection")
 
 
-class _ProtocolLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class ProtocolLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """The Sans-I/O layer's logger, with its per-connection INFO lines at DEBUG.
 
     ``websockets`` logs "connection open/closed" at INFO for every connection:
@@ -86,7 +87,7 @@ class _ProtocolLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.debug(msg, *args, **kwargs)  # type: ignore[arg-type]
 
 
-protocol_logger = _ProtocolLogger(logging.getLogger("embedws.protocol"), {})
+protocol_logger = ProtocolLogger(logging.getLogger("embedws.protocol"), {})
 
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
@@ -308,7 +309,11 @@ class Connection(asyncio.BufferedProtocol):
             self._flush()
             if self._writing_paused:
                 self._hold_reading()
-        if protocol.state is not OPEN and self._close_handle is None and protocol.close_expected():
+        if protocol.state is OPEN:  # the hot path
+            for event in events:
+                self._process(event)
+            return
+        if self._close_handle is None and protocol.close_expected():
             self._arm_close_timer()
         for event in events:
             self._process(event)
