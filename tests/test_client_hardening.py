@@ -500,3 +500,19 @@ def test_a_socks5h_proxy_is_understood(opener: Callable[..., None]) -> None:
         port = probe.getsockname()[1]
     with pytest.raises(ProxyError, match=f"cannot use the SOCKS proxy socks5h://127.0.0.1:{port}"):
         opener("ws://example.invalid/", proxy=f"socks5h://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"headers": {"X-Token": "a\r\nX-Admin: yes"}},
+        {"headers": [("X-Bad\nName", "v")]},
+        {"origin": "http://a\r\nCookie: x"},
+        {"user_agent": "agent\n"},
+    ],
+)
+def test_a_header_with_a_line_break_is_refused_before_connecting(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="line break"):
+        embedws.aio.connect("ws://127.0.0.1:1/", **options)
+    with pytest.raises(ValueError, match="line break"):
+        embedws.sync.connect("ws://127.0.0.1:1/", **options)

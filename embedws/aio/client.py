@@ -147,6 +147,15 @@ class ClientOptions:
         self.subprotocols = [Subprotocol(p) for p in subprotocols] if subprotocols else None
         pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
         self.headers = [(str(k), str(v)) for k, v in pairs]
+        for name, value in [
+            *self.headers,
+            ("Origin", origin or ""),
+            ("User-Agent", user_agent or ""),
+        ]:
+            # A line break would end the header and start another one of the
+            # caller's data (header injection); nothing below checks.
+            if any(c in name + value for c in "\r\n\0"):
+                raise ValueError(f"the {name!r} header contains a line break or a NUL")
         self.origin = Origin(origin) if origin is not None else None
         self.open_timeout = open_timeout
         self.ssl = ssl
