@@ -181,6 +181,38 @@ def test_a_ping_flood_that_never_reads_costs_bounded_memory(kind: str) -> None:
     assert grown < 20 * 2**20, grown
 
 
+def test_pipelined_requests_never_read_cost_bounded_memory(tmp_path: Any) -> None:
+    """200 pipelined GETs of a 1 MiB file, answers never read: one answer in memory at a time."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 2**20)
+    app = embedws.App("pipeline", config={"WEBSOCKET_WRITE_TIMEOUT": 1})
+
+    @app.route("/big")
+    def download(request: Any) -> Any:
+        return embedws.response.file(big)
+
+    request = b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    process = psutil.Process()
+    with serving(app) as server:
+        before = process.memory_info().rss
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(request * 200)  # 7.4 KB of requests: the kernel takes them all
+        grown, started = 0, time.monotonic()
+        # Until the write timeout has dropped it (the server's side of the socket is gone).
+        while server.async_server.connection_count() and time.monotonic() - started < 10:
+            grown = max(grown, process.memory_info().rss - before)
+            time.sleep(0.01)  # sampling memory, not synchronising
+        dropped_after = time.monotonic() - started
+        sock.close()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as other:
+            other.sendall(request)  # the server serves others as before
+            assert other.recv(12) == b"HTTP/1.1 200"
+    assert dropped_after < 1 + 3, dropped_after
+    assert grown < 20 * 2**20, grown
+
+
 # overload -------------------------------------------------------------------------------
 
 

@@ -22,6 +22,11 @@ fed to it. Timers: the request head must arrive within
 ``min(WEBSOCKET_TIMEOUT, REQUEST_TIMEOUT)``, the whole request within
 ``REQUEST_TIMEOUT``, and an idle keep-alive connection closes after
 ``KEEP_ALIVE_TIMEOUT``.
+
+Answers are written whole; while the transport's buffer is above its limit
+(the client does not read), the next pipelined request is not read, so a
+client holds at most one answer in our memory, and one that does not read for
+``WEBSOCKET_WRITE_TIMEOUT`` is dropped.
 """
 
 from __future__ import annotations
@@ -84,6 +89,9 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self._idle = True  # no byte of the next request has arrived yet
         self._first_byte = 0.0  # loop time of the first byte of the request being read
         self._timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._writing_paused = False
+        self._drain_then_continue = False  # the next request waits for the answer to drain
         self._task: asyncio.Task[None] | None = None
         self._detached = False
 
@@ -125,6 +133,9 @@ class HTTPConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         if not self._detached:
             self.server.untrack_http(self)
         if exc is not None:
@@ -342,12 +353,52 @@ class HTTPConnection(asyncio.BufferedProtocol):
             return
         conn.start_next_cycle()
         self._request = None
+        if self._writing_paused:
+            # The client reads its answers slower than it asks: the next
+            # (pipelined) request waits until this answer has drained, so
+            # answers never pile up in memory (resume_writing goes on).
+            self._drain_then_continue = True
+            return
+        self._next_request()
+
+    def _next_request(self) -> None:
+        transport = self.transport
+        assert transport is not None
         self._busy = False
         self._idle = True
         self._first_byte = self.server.loop.time()  # for a request already buffered
         self._set_timer(self.server.config.KEEP_ALIVE_TIMEOUT)
         transport.resume_reading()
         self._next_event()
+
+    # Write backpressure -----------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self._write_timer is None:
+            self._write_timer = self.server.loop.call_later(
+                self.server.config.WEBSOCKET_WRITE_TIMEOUT, self._write_timed_out
+            )
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        if self._drain_then_continue:
+            self._drain_then_continue = False
+            self._next_request()
+
+    def _write_timed_out(self) -> None:
+        # Also after close(): a transport closes only once its buffer is sent.
+        self._write_timer = None
+        logger.info(
+            "HTTP client %s stopped reading for %.3g s; dropping it",
+            self.peer,
+            self.server.config.WEBSOCKET_WRITE_TIMEOUT,
+        )
+        if self.transport is not None:
+            self.transport.abort()
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer a request we could not read, then close."""
