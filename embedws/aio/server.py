@@ -6,6 +6,8 @@ Theory of operation
 HTTP (:class:`~embedws.aio.http.HTTPConnection`) and the set of open websockets
 (:class:`~embedws.aio.connection.Connection`). It sees the application only
 through :class:`ServedApp` (routes, config, middleware, listeners, runners).
+It accepts through an :class:`~embedws.aio.acceptor.Acceptor`, which, when the
+process runs out of descriptors, has :meth:`Server.close_idle_http` make room.
 
 Shutdown order (``close()``): ``before_server_stop`` listeners; stop accepting;
 close idle HTTP connections; send close 1001 to every websocket; wait until the
@@ -17,6 +19,7 @@ running (logged); ``after_server_stop`` listeners.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
 import logging
 import socket
@@ -36,6 +39,7 @@ from ..response import HTTPResponse
 from ..routing import Route, Router
 from ..security import is_loopback_address
 from ..tls import SSLArg, server_context
+from .acceptor import AcceptBackoff, Acceptor
 from .connection import Connection, Settings, protocol_logger, read_buffer_for
 from .http import HTTPConnection
 from .runner import HandlerRunner
@@ -100,7 +104,8 @@ class Server:
         self.named_hosts: frozenset[str] = frozenset()
         self.closing = False
         self._runners: Mapping[str, HandlerRunner] = {}
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[Acceptor] = []  # one per asyncio.Server, accepting on its sockets
+        self._backoff = AcceptBackoff(loop, self)
         self._http: set[HTTPConnection] = set()
         self._websockets: set[Connection] = set()
         self._extensions = (
@@ -135,6 +140,7 @@ class Server:
         options: dict[str, Any] = {
             "ssl": context,
             "ssl_handshake_timeout": self.config.WEBSOCKET_TIMEOUT if context else None,
+            "start_serving": False,  # an Acceptor accepts (see embedws/aio/acceptor.py)
         }
         factory = self._make_http_connection
         if unix is not None:
@@ -146,13 +152,27 @@ class Server:
             server = await self.loop.create_server(
                 factory, host, port, reuse_address=True, **options
             )
-        self._servers.append(server)
+        self._servers.append(self._acceptor(server, factory, options))
         self.loopback_only = all(_is_loopback_socket(s) for s in self.sockets)
         self.app.server_started(self)
         await self._run_listeners("after_server_start", raise_errors=True)
 
     def _make_http_connection(self) -> HTTPConnection:
         return HTTPConnection(self)
+
+    def _acceptor(
+        self,
+        server: asyncio.Server,
+        factory: Callable[[], HTTPConnection],
+        options: Mapping[str, Any],
+    ) -> Acceptor:
+        return Acceptor(
+            server,
+            factory,
+            self._backoff,
+            ssl=options["ssl"],
+            ssl_handshake_timeout=options["ssl_handshake_timeout"],
+        )
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -197,6 +217,32 @@ class Server:
 
     def connection_count(self) -> int:
         return len(self._http) + len(self._websockets)
+
+    def open_connection_count(self) -> int:
+        """Every connection holding a descriptor, TLS handshakes included."""
+        return self.connection_count() + sum(acceptor.pending for acceptor in self._servers)
+
+    def close_idle_http(self, count: int) -> int:
+        """Close up to ``count`` idle HTTP connections to free their descriptors.
+
+        Those idle longest go first. Idle means waiting for a request with
+        nothing in flight either way: a connection that has not sent a byte
+        yet (TLS handshakes in progress included), or a keep-alive one between
+        requests; never one in the middle of a request, never a websocket.
+        Used when ``accept()`` runs out of descriptors (``embedws/aio/acceptor.py``).
+
+        Returns:
+            How many were closed.
+        """
+        idle: list[tuple[float, Callable[[], object]]] = [
+            (since, conn.abort) for conn in self._http if (since := conn.idle_since()) is not None
+        ]
+        for acceptor in self._servers:
+            idle.extend(acceptor.handshakes())
+        oldest = heapq.nsmallest(count, idle, key=lambda pair: pair[0])
+        for _since, close in oldest:
+            close()
+        return len(oldest)
 
     def runner_for(self, route: Route) -> HandlerRunner:
         if route.is_async:
