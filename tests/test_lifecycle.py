@@ -128,9 +128,12 @@ def test_blocking_calls_on_the_loop_thread_raise_instead_of_hanging() -> None:
     results: list[str] = []
     done = threading.Event()
 
+    stored = threading.Event()
+
     @app.websocket("/sync")
     def sync_handler(request: Any, ws: Any) -> None:
         app.ctx.sync_ws = ws
+        stored.set()
         ws.recv(timeout=5)
 
     @app.websocket("/async")
@@ -144,6 +147,7 @@ def test_blocking_calls_on_the_loop_thread_raise_instead_of_hanging() -> None:
         done.set()
 
     with serving(app) as server, client(server.url + "/sync") as holder:
+        assert stored.wait(5)  # the handler thread runs after the handshake
         with client(server.url + "/async"):
             assert done.wait(5)
         holder.send("release")

@@ -87,7 +87,9 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self._body = bytearray()
         self._busy = False
         self._idle = True  # no byte of the next request has arrived yet
-        self._first_byte = 0.0  # loop time of the first byte of the request being read
+        # Loop time of the first byte of the request being read; while idle,
+        # of the start of the wait for the next request.
+        self._first_byte = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._writing_paused = False
@@ -106,6 +108,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
         if not self.server.track_http(self):
             transport.abort()
             return
+        self._first_byte = self.server.loop.time()
         config = self.server.config
         self._set_timer(min(config.WEBSOCKET_TIMEOUT, config.REQUEST_TIMEOUT))
 
@@ -432,6 +435,28 @@ class HTTPConnection(asyncio.BufferedProtocol):
     def _close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def idle_since(self) -> float | None:
+        """Since when (loop time) this connection has waited for a request.
+
+        ``None`` unless it is idle: no request begun, nothing left to write.
+        """
+        transport = self.transport
+        if (
+            self._busy
+            or not self._idle
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()
+            or self._h11.trailing_data[0]  # part of a pipelined request
+        ):
+            return None
+        return self._first_byte
+
+    def abort(self) -> None:
+        """Close now, without waiting for a graceful end (frees the descriptor at once)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def close_if_idle(self) -> bool:
         """Close now unless a request is being answered (server shutdown)."""

@@ -6,6 +6,8 @@ Theory of operation
 HTTP (:class:`~embedws.aio.http.HTTPConnection`) and the set of open websockets
 (:class:`~embedws.aio.connection.Connection`). It sees the application only
 through :class:`ServedApp` (routes, config, middleware, listeners, runners).
+It accepts through an :class:`~embedws.aio.acceptor.Acceptor`, which, when the
+process runs out of descriptors, has :meth:`Server.close_idle_http` make room.
 
 Shutdown order (``close()``): ``before_server_stop`` listeners; stop accepting;
 close idle HTTP connections; send close 1001 to every websocket; wait until the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import inspect
 import logging
 import socket
@@ -37,6 +40,7 @@ from ..response import HTTPResponse
 from ..routing import Route, Router
 from ..security import is_loopback_address
 from ..tls import SSLArg, server_context
+from .acceptor import AcceptBackoff, Acceptor
 from .connection import Connection, Settings, protocol_logger, read_buffer_for
 from .http import HTTPConnection
 from .runner import HandlerRunner, HookRunner, is_async_callable
@@ -112,7 +116,8 @@ class Server:
         self._hooks: HookRunner | None = None
         self._request_middleware = [_Hook(fn) for fn in app.request_middleware]
         self._response_middleware = [_Hook(fn) for fn in app.response_middleware]
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[Acceptor] = []  # one per asyncio.Server, accepting on its sockets
+        self._backoff = AcceptBackoff(loop, self)
         self._http: set[HTTPConnection] = set()
         self._websockets: set[Connection] = set()
         self._extensions = (
@@ -148,15 +153,17 @@ class Server:
         options: dict[str, Any] = {
             "ssl": context,
             "ssl_handshake_timeout": self.config.WEBSOCKET_TIMEOUT if context else None,
+            "start_serving": False,  # an Acceptor accepts (see embedws/aio/acceptor.py)
         }
         factory = self._make_http_connection
         if unix is not None:
             self._unix = unix
-            self._servers.append(await self.loop.create_unix_server(factory, unix, **options))
+            servers = [await self.loop.create_unix_server(factory, unix, **options)]
         elif sock is not None:
-            self._servers.append(await self.loop.create_server(factory, sock=sock, **options))
+            servers = [await self.loop.create_server(factory, sock=sock, **options)]
         else:
-            self._servers.extend(await self._listen_tcp(host, port, options))
+            servers = await self._listen_tcp(host, port, options)
+        self._servers.extend(self._acceptor(server, factory, options) for server in servers)
         self.loopback_only = all(_is_loopback_socket(s) for s in self.sockets)
         self.app.server_started(self)
         await self._run_listeners("after_server_start", raise_errors=True)
@@ -217,6 +224,20 @@ class Server:
 
     def _make_http_connection(self) -> HTTPConnection:
         return HTTPConnection(self)
+
+    def _acceptor(
+        self,
+        server: asyncio.Server,
+        factory: Callable[[], HTTPConnection],
+        options: Mapping[str, Any],
+    ) -> Acceptor:
+        return Acceptor(
+            server,
+            factory,
+            self._backoff,
+            ssl=options["ssl"],
+            ssl_handshake_timeout=options["ssl_handshake_timeout"],
+        )
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -279,6 +300,32 @@ class Server:
 
     def connection_count(self) -> int:
         return len(self._http) + len(self._websockets)
+
+    def open_connection_count(self) -> int:
+        """Every connection holding a descriptor, TLS handshakes included."""
+        return self.connection_count() + sum(acceptor.pending for acceptor in self._servers)
+
+    def close_idle_http(self, count: int) -> int:
+        """Close up to ``count`` idle HTTP connections to free their descriptors.
+
+        Those idle longest go first. Idle means waiting for a request with
+        nothing in flight either way: a connection that has not sent a byte
+        yet (TLS handshakes in progress included), or a keep-alive one between
+        requests; never one in the middle of a request, never a websocket.
+        Used when ``accept()`` runs out of descriptors (``embedws/aio/acceptor.py``).
+
+        Returns:
+            How many were closed.
+        """
+        idle: list[tuple[float, Callable[[], object]]] = [
+            (since, conn.abort) for conn in self._http if (since := conn.idle_since()) is not None
+        ]
+        for acceptor in self._servers:
+            idle.extend(acceptor.handshakes())
+        oldest = heapq.nsmallest(count, idle, key=lambda pair: pair[0])
+        for _since, close in oldest:
+            close()
+        return len(oldest)
 
     def runner_for(self, route: Route) -> HandlerRunner:
         if route.is_async:

@@ -1,0 +1,319 @@
+"""Accepting connections, and what happens when descriptors run out.
+
+Theory of operation
+-------------------
+asyncio's own accept loop (``loop.create_server``) meets ``accept()`` failing
+for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) by calling the loop's
+exception handler and retrying a second later. Up to Python 3.13 it also keeps
+calling ``accept()`` after the first failure of a pass (CPython gh-151615): each
+retry logs up to ``backlog`` (100) tracebacks and schedules as many retries, so
+a server out of descriptors logged thousands of errors, and served nobody until
+its idle sockets timed out. That loop cannot be told "room was made, retry
+now", and filtering the exception handler would work only on the loops we
+create, not on an application's under ``aio.serve``. So asyncio still creates
+the listening sockets (``start_serving=False``), and an :class:`Acceptor`
+accepts on them with two methods every event loop has: ``sock_accept`` and
+``connect_accepted_socket``. It works on a duplicate of each listening socket
+(``dup()`` is the public way to a socket that an ``asyncio.Server`` owns) and
+closes it with the server.
+
+The accept loops of one server (one per listening socket) share an
+:class:`AcceptBackoff`. When ``accept()`` fails for lack of resources:
+
+* the first failure logs one WARNING: what ran out, how many connections are
+  open, what to do. Later failures are only counted until none has happened
+  for ``QUIET_PERIOD`` seconds; then one INFO record sums the episode up.
+* a failure closes a few idle HTTP connections, idle longest first
+  (``Server.close_idle_http``), and the accept is retried once the loop has
+  closed their sockets. When there was nothing to close, or the retry failed
+  too (a TLS socket closes a pass later; or the descriptors went elsewhere),
+  the loop waits first: 10 ms, doubling up to 1 s until an accept succeeds.
+
+Thread contract: everything here runs on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl as ssl_module
+import sys
+from collections.abc import Callable
+from typing import Protocol
+
+if sys.platform != "win32":
+    import resource
+
+__all__ = ["AcceptBackoff", "Acceptor", "RoomMaker"]
+
+logger = logging.getLogger("embedws.server")
+
+#: Idle connections closed per failed accept: enough for the connections
+#: queued on the listening socket to get in a few at a time, far from all.
+CLOSE_PER_FAILURE = 8
+MIN_DELAY = 0.01
+MAX_DELAY = 1.0
+#: An episode of failures is over after this many seconds without one.
+QUIET_PERIOD = 5.0
+#: The listening sockets' queue length (asyncio's default).
+BACKLOG = 100
+#: Accepts in a row after which the accept loop lets the event loop go on.
+ACCEPT_BATCH = 100
+
+
+def _errnos(*names: str) -> frozenset[int]:
+    return frozenset(getattr(errno, name) for name in names if hasattr(errno, name))
+
+
+# The WSA codes are what Windows sockets report.
+_PROCESS_DESCRIPTORS = _errnos("EMFILE", "WSAEMFILE")
+_SYSTEM_DESCRIPTORS = _errnos("ENFILE")
+OUT_OF_RESOURCES = _PROCESS_DESCRIPTORS | _SYSTEM_DESCRIPTORS | _errnos("ENOBUFS", "ENOMEM")
+
+# accept(2) on Linux: errors of the connection being accepted, not of the
+# listening socket, to be treated as "try again".
+_CONNECTION_ERRORS = _errnos(
+    "ECONNABORTED",
+    "EPROTO",
+    "ENETDOWN",
+    "ENOPROTOOPT",
+    "EHOSTDOWN",
+    "ENONET",
+    "EHOSTUNREACH",
+    "EOPNOTSUPP",
+    "ENETUNREACH",
+    "EPERM",  # firewall rules
+)
+
+
+class RoomMaker(Protocol):
+    """What the accept loops need of the server (``embedws.aio.Server``)."""
+
+    def close_idle_http(self, count: int) -> int: ...
+    def open_connection_count(self) -> int: ...
+
+
+class AcceptBackoff:
+    """What one server's accept loops do while resources run out.
+
+    Thread contract: the event loop thread only.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, server: RoomMaker) -> None:
+        self._loop = loop
+        self._server = server
+        self._delay = MIN_DELAY
+        self._started: float | None = None  # loop time of the episode's first failure
+        self._last_failure = 0.0
+        self._failures = 0  # in this episode
+        self._closed = 0  # idle connections closed to make room, in this episode
+        self._made_room = False  # the last failure closed some; nothing accepted since
+        self._waited = False  # ...and a retry after that failed too: waited
+        self._timer: asyncio.TimerHandle | None = None
+
+    def accepted(self) -> None:
+        """An accept succeeded."""
+        self._made_room = self._waited = False
+        self._delay = MIN_DELAY
+
+    async def make_room(self, exc: OSError, sock: socket.socket) -> None:
+        """After ``accept()`` on ``sock`` failed with ``exc``: make room, or wait.
+
+        Logs the first failure of an episode; returns when the accept is worth
+        retrying.
+        """
+        self._failures += 1
+        self._last_failure = self._loop.time()
+        if self._started is None:
+            self._started = self._last_failure
+            logger.warning(
+                "cannot accept connections on %s: %s. %d connections are open. Idle HTTP "
+                "connections are closed to make room, those idle longest first, and accepting "
+                "is retried; failures are not logged again until it works. %s",
+                _address_of(sock),
+                _what_ran_out(exc),
+                self._server.open_connection_count(),
+                _what_to_do(exc),
+            )
+            self._timer = self._loop.call_later(QUIET_PERIOD, self._maybe_over)
+        if self._made_room and not self._waited:
+            self._waited = True
+            await self._wait()
+            return
+        closed = self._server.close_idle_http(CLOSE_PER_FAILURE)
+        self._closed += closed
+        self._made_room = closed > 0
+        self._waited = False
+        if closed:
+            # The loop closes their sockets in callbacks that run before this
+            # task resumes.
+            await asyncio.sleep(0)
+        else:
+            await self._wait()
+
+    async def _wait(self) -> None:
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, MAX_DELAY)
+
+    def _maybe_over(self) -> None:
+        assert self._started is not None
+        quiet = self._loop.time() - self._last_failure
+        if quiet < QUIET_PERIOD:
+            self._timer = self._loop.call_later(QUIET_PERIOD - quiet, self._maybe_over)
+            return
+        logger.info(
+            "accepting connections again: %d accepts failed for lack of resources in %.1f s; "
+            "%d idle HTTP connections were closed to make room",
+            self._failures,
+            self._last_failure - self._started,
+            self._closed,
+        )
+        self._timer = self._started = None
+        self._failures = self._closed = 0
+
+    def close(self) -> None:
+        """Forget the episode in progress (the server is closing)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _what_ran_out(exc: OSError) -> str:
+    code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    if exc.errno in _PROCESS_DESCRIPTORS:
+        if sys.platform == "win32":
+            return f"the process is out of file descriptors ({code})"
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return f"the process is out of file descriptors ({code}; RLIMIT_NOFILE is {limit})"
+    if exc.errno in _SYSTEM_DESCRIPTORS:
+        return f"the system is out of file descriptors ({code})"
+    return f"the system is out of memory for sockets ({code})"
+
+
+def _what_to_do(exc: OSError) -> str:
+    if exc.errno in _PROCESS_DESCRIPTORS:
+        return (
+            "To serve more connections, raise the limit: `ulimit -n` in the shell that starts "
+            "the program, LimitNOFILE= in a systemd unit, or "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, ...) in the program."
+        )
+    if exc.errno in _SYSTEM_DESCRIPTORS:
+        return "Raise the system-wide limit (fs.file-max on Linux), or close files elsewhere."
+    return "Free memory, or lower MAX_CONNECTIONS."
+
+
+def _address_of(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return str(name)
+
+
+class Acceptor:
+    """Accepts connections on the listening sockets of one ``asyncio.Server``.
+
+    Stands in for it in ``embedws.aio.Server`` (``sockets``, ``close``,
+    ``wait_closed``). The ``asyncio.Server`` must not be serving
+    (``start_serving=False``).
+
+    Thread contract: the event loop thread only.
+    """
+
+    def __init__(
+        self,
+        server: asyncio.Server,
+        factory: Callable[[], asyncio.BaseProtocol],
+        backoff: AcceptBackoff,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> None:
+        self._server = server
+        self._factory = factory
+        self._backoff = backoff
+        self._ssl = ssl
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._loop = server.get_loop()
+        # Accepted, not served yet (in the TLS handshake): task -> loop time of the accept.
+        self._connecting: dict[asyncio.Task[None], float] = {}
+        self._sockets = [sock.dup() for sock in server.sockets]
+        self._accepting = []
+        for sock in self._sockets:
+            sock.setblocking(False)
+            sock.listen(BACKLOG)  # what the asyncio.Server does when it starts serving
+            self._accepting.append(self._loop.create_task(self._accept(sock)))
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets (as ``asyncio.Server.sockets``)."""
+        return self._server.sockets
+
+    @property
+    def pending(self) -> int:
+        """Connections accepted and not served yet (in the TLS handshake)."""
+        return len(self._connecting)
+
+    def handshakes(self) -> list[tuple[float, Callable[[], object]]]:
+        """TLS handshakes in progress: (loop time of the accept, what aborts it).
+
+        A handshake takes a round trip or two; one still going on when
+        descriptors run out is most likely a client that sent nothing, and
+        would hold its descriptor for ``WEBSOCKET_TIMEOUT``. Without TLS, a
+        connection waits here for one pass of the loop: none is listed.
+        """
+        if self._ssl is None:
+            return []
+        return [(since, task.cancel) for task, since in self._connecting.items()]
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets."""
+        for task in self._accepting:
+            task.cancel()
+        # Closed after the cancelled accepts have stopped watching them (in
+        # callbacks that the cancellations scheduled).
+        for sock in self._sockets:
+            self._loop.call_soon(sock.close)
+        self._server.close()
+        self._backoff.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the accept loops are over."""
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop, backoff = self._loop, self._backoff
+        in_a_row = 0
+        while True:
+            try:
+                conn, _address = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno in OUT_OF_RESOURCES:
+                    await backoff.make_room(exc, sock)
+                elif exc.errno not in _CONNECTION_ERRORS:
+                    # Unknown, and maybe lasting: slow down rather than spin.
+                    logger.error("accept() on %s failed", _address_of(sock), exc_info=True)
+                    await asyncio.sleep(MAX_DELAY)
+                continue
+            backoff.accepted()
+            task = loop.create_task(self._connect(conn))
+            self._connecting[task] = loop.time()
+            task.add_done_callback(self._connecting.pop)
+            in_a_row += 1
+            if in_a_row == ACCEPT_BATCH:  # a flood of connections must not starve the loop
+                in_a_row = 0
+                await asyncio.sleep(0)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(
+                self._factory,
+                conn,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self._ssl_handshake_timeout,
+            )
+        except Exception as exc:  # a failed TLS handshake, a reset
+            logger.debug("connection lost before it was served: %r", exc)
+            conn.close()

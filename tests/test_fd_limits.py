@@ -1,0 +1,197 @@
+"""Running out of file descriptors: one warning, idle HTTP connections make room."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+import embedws
+from embedws.response import HTTPResponse, text
+
+from .conftest import ECHO_PROGRAM, MS, client, serving, status_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Every record the program logs starts with this, so the test can count them.
+RECORD = "embedws-test-record"
+
+# The echo program, with a descriptor limit of 128 and its logging on stderr.
+LIMITED_ECHO_PROGRAM = (
+    textwrap.dedent(
+        f"""
+        import logging
+        import resource
+        import sys
+
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+        logging.basicConfig(
+            stream=sys.stderr, level=logging.INFO, format="{RECORD} %(levelname)s %(message)s"
+        )
+        """
+    )
+    + ECHO_PROGRAM
+    + textwrap.dedent(
+        """
+        server = app.start(port=0, ssl={"cert": sys.argv[1]} if len(sys.argv) > 1 else None)
+        print(server.port, flush=True)
+        sys.stdin.readline()
+        server.stop()
+        """
+    )
+)
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_a_client_is_served_while_idle_sockets_hold_every_descriptor(
+    scheme: str, tmp_path: Path
+) -> None:
+    """Idle connections are closed to make room; one warning, not one per attempt.
+
+    Over TLS, the idle sockets never start the handshake: those are closed too.
+    """
+    args: list[str] = []
+    options: dict[str, Any] = {}
+    if scheme == "wss":
+        ca = trustme.CA()
+        pem = tmp_path / "cert.pem"
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(pem)
+        options["ssl"] = ssl.create_default_context()
+        ca.configure_trust(options["ssl"])
+        args.append(str(pem))
+    process = subprocess.Popen(
+        [sys.executable, "-c", LIMITED_ECHO_PROGRAM, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    idle: list[socket.socket] = []
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        port = int(process.stdout.readline())
+        # More silent connections than the server has descriptors: it runs out
+        # and the last ones wait in the listening socket's queue.
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        started = time.monotonic()
+        with client(f"{scheme}://127.0.0.1:{port}/", open_timeout=2000 * MS, **options) as ws:
+            ws.send("served")
+            assert ws.recv(timeout=2000 * MS) == "served"
+        assert time.monotonic() - started < 2000 * MS
+        process.stdin.write("\n")
+        process.stdin.flush()
+        _out, err = process.communicate(timeout=20)
+    finally:
+        for sock in idle:
+            sock.close()
+        process.kill()
+        process.communicate()
+    records = [line for line in err.splitlines() if line.startswith(RECORD)]
+    assert len(records) < 10, err[:5000]
+    warnings = [r for r in records if r.startswith(f"{RECORD} WARNING")]
+    assert len(warnings) == 1, records
+    assert "out of file descriptors" in warnings[0]
+    assert "RLIMIT_NOFILE" in warnings[0]
+    assert process.returncode == 0, err[:5000]
+
+
+def close_idle_http(server: embedws.sync.Server, count: int) -> int:
+    """``close_idle_http(count)`` of the server, called on its event loop."""
+
+    async def call() -> int:
+        return server.async_server.close_idle_http(count)
+
+    return asyncio.run_coroutine_threadsafe(call(), server.async_server.loop).result(5)
+
+
+def at_eof(sock: socket.socket) -> bool:
+    """Whether the server closed ``sock`` (waits for the end of the stream, at most 5 s)."""
+    sock.settimeout(5)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def still_open(sock: socket.socket) -> bool:
+    """Whether ``sock`` has neither data nor the end of the stream waiting."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)
+    except BlockingIOError:
+        return True
+    finally:
+        sock.setblocking(True)
+    return False
+
+
+def test_closing_idle_http_connections_takes_the_longest_idle_first_never_a_busy_one() -> None:
+    """What running out of descriptors closes: idle HTTP connections, one at a time here.
+
+    Never a request being answered or being read, never a websocket.
+    """
+    app = embedws.App("fd")
+    entered, release = threading.Event(), threading.Event()
+
+    @app.get("/")
+    def index(request: Any) -> HTTPResponse:
+        return text("hello")
+
+    @app.get("/slow")
+    def slow(request: Any) -> HTTPResponse:
+        entered.set()
+        release.wait(5)
+        return text("slow")
+
+    @app.websocket("/ws")
+    def echo(request: Any, ws: Any) -> None:
+        for message in ws:
+            ws.send(message)
+
+    with serving(app) as server:
+        address = ("127.0.0.1", server.port)
+        busy = socket.create_connection(address, timeout=5)
+        busy.sendall(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert entered.wait(5)
+        reading = socket.create_connection(address, timeout=5)
+        reading.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the head is not over
+        ws = client(server.url + "/ws")
+        silent = socket.create_connection(address, timeout=5)  # idle since it connected
+        keep_alive = socket.create_connection(address, timeout=5)
+        keep_alive.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert keep_alive.recv(4096).endswith(b"hello")  # idle since its answer
+        newest = socket.create_connection(address, timeout=5)
+        try:
+            assert close_idle_http(server, 1) == 1
+            assert at_eof(silent)
+            assert close_idle_http(server, 1) == 1
+            assert at_eof(keep_alive)
+            assert still_open(newest)
+            assert close_idle_http(server, 1) == 1
+            assert at_eof(newest)
+            assert close_idle_http(server, 8) == 0
+            # What was not idle is served to the end.
+            release.set()
+            assert status_of(busy.recv(4096)) == 200
+            reading.sendall(b"\r\n")
+            assert reading.recv(4096).endswith(b"hello")
+            ws.send("still here")
+            assert ws.recv(timeout=5) == "still here"
+        finally:
+            release.set()
+            ws.close()
+            for sock in (busy, reading, silent, keep_alive, newest):
+                sock.close()
