@@ -1,7 +1,8 @@
-"""The accept-or-refuse decision for a websocket opening handshake (pure).
+"""The accept-or-refuse decisions for a request, before any handler runs (pure).
 
 The HTTP front asks, in this order: is the Host allowed (for every request, in
-``http.py``), is this an upgrade, is the Origin allowed, is the version 13.
+``http.py``); for a plain HTTP request, is it a cross-site request with an
+unsafe method; for an upgrade, is the Origin allowed, is the version 13.
 The ``websockets`` Sans-I/O layer then validates the key and negotiates
 extensions; :func:`subprotocol_selector` gives it our subprotocol rule.
 """
@@ -16,9 +17,9 @@ from websockets.typing import Subprotocol
 from .config import Config
 from .request import Request
 from .response import HTTPResponse, error_response
-from .security import origin_allowed
+from .security import cross_site_refused, is_secure, origin_allowed
 
-__all__ = ["is_upgrade", "refuse_upgrade", "subprotocol_selector"]
+__all__ = ["is_upgrade", "refuse_cross_site", "refuse_upgrade", "subprotocol_selector"]
 
 SUPPORTED_VERSION = "13"
 
@@ -34,10 +35,10 @@ def refuse_upgrade(
 ) -> HTTPResponse | None:
     """An error response if this handshake must be refused, else ``None``."""
     origin = request.header(b"origin")
-    if not origin_allowed(
-        origin.decode("latin-1") if origin is not None else None,
+    if origin is not None and not origin_allowed(
+        origin.decode("latin-1"),
         request.host,
-        tls=tls,
+        tls=_secure(request, config, tls),
         allowed=config.WEBSOCKET_ORIGINS,
     ):
         assert origin is not None
@@ -59,6 +60,43 @@ def refuse_upgrade(
         response.headers["Upgrade"] = "websocket"
         return response
     return None
+
+
+def refuse_cross_site(
+    request: Request, config: Config, *, tls: bool, error_format: str | None
+) -> HTTPResponse | None:
+    """A 403 if this HTTP request is a cross-site one the origin policy refuses, else ``None``.
+
+    The cross-site request forgery guard of HTTP routes: a page of another
+    origin may not POST (PUT, DELETE...) here, whatever the content type.
+    """
+    if request.method in ("GET", "HEAD"):  # the common case, without decoding anything
+        return None
+    origin = request.header(b"origin")
+    fetch_site = request.header(b"sec-fetch-site")
+    if not cross_site_refused(
+        request.method,
+        origin.decode("latin-1") if origin is not None else None,
+        fetch_site.decode("latin-1") if fetch_site is not None else None,
+        request.host,
+        tls=_secure(request, config, tls),
+        allowed=config.WEBSOCKET_ORIGINS,
+    ):
+        return None
+    source = f"origin {origin.decode('latin-1')!r}" if origin is not None else "another site"
+    return error_response(
+        403,
+        f"a page of {source} may not send {request.method} requests here. To allow it, "
+        "add its origin to the WEBSOCKET_ORIGINS configuration key.",
+        error_format,
+    )
+
+
+def _secure(request: Request, config: Config, tls: bool) -> bool:
+    proto = request.header(b"x-forwarded-proto")
+    return is_secure(
+        tls, proto.decode("latin-1") if proto is not None else None, config.PROXIES_COUNT
+    )
 
 
 def subprotocol_selector(

@@ -1,17 +1,25 @@
 """Origin and Host checks: the defences of a server on someone's desktop (pure).
 
-Two attacks reach a server that listens on 127.0.0.1 from a web page the user
-happens to visit:
+Three attacks reach a server that listens on 127.0.0.1 from a web page the
+user happens to visit:
 
 * Cross-site websocket hijacking: the page opens ``ws://127.0.0.1:port`` itself.
-  Browsers send ``Origin`` with every websocket handshake, so the server refuses
-  origins that are neither its own nor loopback (``WEBSOCKET_ORIGINS``).
+  Browsers send ``Origin`` with every websocket handshake, so the server lets in
+  its own origin only, and the origins ``WEBSOCKET_ORIGINS`` names. Not every
+  loopback origin: other local programs (a dev server, a previewer,
+  ``python -m http.server`` in a downloads folder) serve pages nobody vetted,
+  which is why Jupyter and Tornado accept only the page's own origin too.
+* Cross-site requests: the page posts a form (or a ``text/plain`` fetch, which
+  needs no CORS preflight) to an HTTP route. Requests with an unsafe method are
+  checked against the same origin policy; without ``Origin``, against
+  ``Sec-Fetch-Site``.
 * DNS rebinding: the page's own name is made to resolve to 127.0.0.1, so the
   request is same-origin; but its ``Host`` is the foreign name, so the server
   refuses Host values that are not loopback names (``ALLOWED_HOSTS``).
 
-Requests without ``Origin`` do not come from a browser page and pass the origin
-check (any local program can connect to a loopback port anyway).
+Requests without ``Origin`` (nor ``Sec-Fetch-Site``) do not come from a browser
+page and pass the origin check (any local program can connect to a loopback
+port anyway).
 """
 
 from __future__ import annotations
@@ -22,7 +30,24 @@ from urllib.parse import urlsplit
 
 from .routing import normalize_host
 
-__all__ = ["host_allowed", "is_loopback_address", "is_loopback_name", "origin_allowed"]
+__all__ = [
+    "LOOPBACK_ORIGINS",
+    "SAFE_METHODS",
+    "cross_site_refused",
+    "host_allowed",
+    "is_loopback_address",
+    "is_loopback_name",
+    "is_secure",
+    "origin_allowed",
+    "rebinding_guard_warning",
+]
+
+#: The ``WEBSOCKET_ORIGINS`` entry that lets in pages of every loopback origin
+#: (``http://localhost:3000``, ``http://127.0.0.1:5173``...): for development.
+LOOPBACK_ORIGINS = "loopback"
+
+#: Methods a cross-site page may use: they must not change anything (RFC 9110 §9.2.1).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 
@@ -76,6 +101,20 @@ def _parse_origin(origin: str) -> tuple[str, str, int] | None:
     return parts.scheme, host, port if port is not None else _DEFAULT_PORTS[parts.scheme]
 
 
+def is_secure(tls: bool, forwarded_proto: str | None, proxies_count: int) -> bool:
+    """Whether the client reached the server over TLS.
+
+    ``forwarded_proto`` (``X-Forwarded-Proto``) counts only behind trusted
+    proxies (``PROXIES_COUNT`` > 0): a TLS-terminating proxy talks plain HTTP.
+    """
+    if tls:
+        return True
+    if proxies_count > 0 and forwarded_proto is not None:
+        last = forwarded_proto.split(",")[-1].strip().lower()
+        return last in ("https", "wss")
+    return False
+
+
 def origin_allowed(
     origin: str | None,
     host_header: str,
@@ -83,27 +122,75 @@ def origin_allowed(
     tls: bool,
     allowed: str | Collection[str] | None,
 ) -> bool:
-    """The ``WEBSOCKET_ORIGINS`` decision for one handshake.
+    """The ``WEBSOCKET_ORIGINS`` decision for one request.
+
+    The page's own origin (host and port of the ``Host`` header) always
+    passes; loopback names count as one host (a page of
+    ``http://localhost:8000`` talking to ``ws://127.0.0.1:8000``: the same
+    server). Other origins pass when ``allowed`` names them, or names
+    :data:`LOOPBACK_ORIGINS` and they are loopback; ``"*"`` lets in any.
 
     Args:
         origin: the ``Origin`` header, ``None`` when absent.
         host_header: the ``Host`` header.
-        tls: whether the server connection is TLS (default port 443).
+        tls: whether the client reached the server over TLS (default port
+            443; see :func:`is_secure`).
         allowed: the ``WEBSOCKET_ORIGINS`` value.
     """
     if origin is None or allowed == "*":
         return True
-    if allowed is not None:
-        wanted = origin.strip().rstrip("/").lower()
-        return any(wanted == entry.strip().rstrip("/").lower() for entry in allowed)
     parsed = _parse_origin(origin.strip())
-    if parsed is None:
+    if parsed is not None:
+        _scheme, host, port = parsed
+        own = _split_host_port(host_header, 443 if tls else 80)
+        if own is not None and own[1] == port and _same_host(own[0], host):
+            return True
+    if allowed is None:
         return False
-    _scheme, host, port = parsed
-    if is_loopback_name(host):
-        return True
-    own = _split_host_port(host_header, 443 if tls else 80)
-    return own is not None and own == (host, port)
+    wanted = origin.strip().rstrip("/").lower()
+    for entry in allowed:
+        if entry == LOOPBACK_ORIGINS:
+            if parsed is not None and is_loopback_name(parsed[1]):
+                return True
+        elif wanted == entry.strip().rstrip("/").lower():
+            return True
+    return False
+
+
+def _same_host(a: str, b: str) -> bool:
+    # Loopback names are one host: the port tells the servers apart.
+    return a == b or (is_loopback_name(a) and is_loopback_name(b))
+
+
+def cross_site_refused(
+    method: str,
+    origin: str | None,
+    fetch_site: str | None,
+    host_header: str,
+    *,
+    tls: bool,
+    allowed: str | Collection[str] | None,
+) -> bool:
+    """Whether an HTTP request is a cross-site request the origin policy refuses.
+
+    Only unsafe methods are checked (a page may link to, or GET, anything).
+    ``Origin`` decides as for websockets; browsers send it with every POST
+    (a form too). Without it, ``Sec-Fetch-Site`` tells a page of another
+    origin (``cross-site``, or ``same-site``: another port or subdomain).
+
+    Args:
+        method: the request method.
+        origin: the ``Origin`` header, ``None`` when absent.
+        fetch_site: the ``Sec-Fetch-Site`` header, ``None`` when absent.
+        host_header: the ``Host`` header.
+        tls: as for :func:`origin_allowed`.
+        allowed: the ``WEBSOCKET_ORIGINS`` value.
+    """
+    if method in SAFE_METHODS or allowed == "*":
+        return False
+    if origin is not None:
+        return not origin_allowed(origin, host_header, tls=tls, allowed=allowed)
+    return fetch_site is not None and fetch_site.strip().lower() in ("cross-site", "same-site")
 
 
 def host_allowed(
@@ -141,3 +228,27 @@ def host_allowed(
         if host == entry:
             return True
     return False
+
+
+def rebinding_guard_warning(
+    addresses: Collection[str], allowed: str | Collection[str] | None
+) -> str | None:
+    """What to tell the user when the DNS-rebinding guard is off, or ``None``.
+
+    With ``ALLOWED_HOSTS`` unset, the guard is on only while every listening
+    address is loopback: a server reachable from the network answers to
+    whatever names point at it, so any Host passes. That is silent unless
+    said once, at start.
+
+    Args:
+        addresses: the listening addresses (IP literals; Unix sockets left out).
+        allowed: the ``ALLOWED_HOSTS`` value.
+    """
+    exposed = [address for address in addresses if not is_loopback_address(address)]
+    if allowed is not None or not exposed:
+        return None
+    return (
+        f"listening on {', '.join(exposed)} with ALLOWED_HOSTS unset: the DNS-rebinding guard "
+        "is off, and requests naming any host are served. Set ALLOWED_HOSTS to the names "
+        "this server is reached by (a list; '.example.com' for subdomains) to turn it on."
+    )

@@ -76,12 +76,69 @@ def test_a_page_of_another_site_cannot_open_a_websocket(
     assert probe(driver, page) == "refused"
 
 
-def test_the_apps_own_page_and_a_page_from_another_loopback_port_get_in(
+def test_the_apps_own_page_gets_in_and_a_page_from_another_loopback_port_does_not(
     driver: Driver, victim: Any, attacker: Any
 ) -> None:
     assert probe(driver, f"http://127.0.0.1:{victim.port}/") == "echo:hi"
+    assert probe(driver, f"http://localhost:{victim.port}/") == "echo:hi"  # another name of it
+    # Another local program's page (a dev server, `python -m http.server`...): refused.
     page = f"http://localhost:{attacker.port}/target?url=ws://127.0.0.1:{victim.port}/ws"
-    assert probe(driver, page) == "echo:hi"
+    assert probe(driver, page) == "refused"
+
+
+def test_a_page_from_another_loopback_port_gets_in_once_opted_in(
+    driver: Driver, attacker: Any
+) -> None:
+    app = embedws.App("dev", config={"WEBSOCKET_ORIGINS": ["loopback"]})
+    app.add_websocket_route(echo_handlers()[0], "/ws")
+    with serving(app) as server:
+        page = f"http://localhost:{attacker.port}/target?url=ws://127.0.0.1:{server.port}/ws"
+        assert probe(driver, page) == "echo:hi"
+        page = f"http://evil.example:{attacker.port}/target?url=ws://127.0.0.1:{server.port}/ws"
+        assert probe(driver, page) == "refused"
+
+
+FORM = """<!DOCTYPE html><html><body>
+<form method="post" action="%s" enctype="%s"><input name="all" value="yes">
+<button id="go" type="submit">go</button></form></body></html>"""
+
+
+@pytest.mark.parametrize("enctype", ["application/x-www-form-urlencoded", "text/plain"])
+def test_a_form_on_another_site_changes_nothing(driver: Driver, enctype: str) -> None:
+    deleted: list[str] = []
+    victim = embedws.App("local-api")
+
+    @victim.post("/api/delete")
+    def delete(request: Any) -> HTTPResponse:
+        deleted.append(request.body.decode())
+        return html("<p id='result'>deleted</p>")
+
+    @victim.get("/")
+    def own_form(request: Any) -> HTTPResponse:
+        return html(FORM % ("/api/delete", enctype))
+
+    attacker = embedws.App("forms", config={"ALLOWED_HOSTS": "*"})
+
+    @attacker.get("/form")
+    def foreign_form(request: Any) -> HTTPResponse:
+        return html(FORM % (request.args.get("action"), enctype))
+
+    with serving(victim) as api, serving(attacker) as evil:
+        target = f"http://127.0.0.1:{api.port}/api/delete"
+        for origin in (f"http://evil.example:{evil.port}", f"http://localhost:{evil.port}"):
+            results = driver.run(
+                f"{origin}/form?action={target}",
+                [{"click": "#go"}, {"waitFor": "body", "text": "WEBSOCKET_ORIGINS"}],
+                args=MAP_EVIL,
+            )
+            assert all(r.get("ok", True) for r in results)
+        assert deleted == []
+        # The app's own page may post its own form.
+        driver.run(
+            f"http://127.0.0.1:{api.port}/",
+            [{"click": "#go"}, {"waitFor": "#result", "text": "deleted"}],
+        )
+    assert len(deleted) == 1 and "all" in deleted[0]
 
 
 def test_dns_rebinding_is_refused(driver: Driver, victim: Any, attacker: Any) -> None:

@@ -15,7 +15,7 @@ from websockets.frames import Frame, Opcode
 
 import embedws
 from embedws.response import HTTPResponse, text
-from embedws.security import host_allowed, origin_allowed
+from embedws.security import host_allowed, origin_allowed, rebinding_guard_warning
 
 from .conftest import (
     add_handler,
@@ -120,12 +120,38 @@ def test_a_foreign_origin_is_refused_with_403_naming_the_key(server: Any, origin
     assert b"WEBSOCKET_ORIGINS" in answer
 
 
-@pytest.mark.parametrize(
-    "origin",
-    ["http://localhost:3000", "http://127.0.0.1:5173", "https://[::1]:8443", "http://localhost"],
-)
-def test_a_loopback_origin_on_another_port_gets_in(server: Any, origin: str) -> None:
-    with client(server.url + "/ws", origin=origin) as c:
+LOOPBACK_ORIGINS = [
+    "http://localhost:3000",
+    "http://127.0.0.1:5173",
+    "https://[::1]:8443",
+    "http://localhost",
+]
+
+
+@pytest.mark.parametrize("origin", LOOPBACK_ORIGINS)
+def test_a_loopback_origin_on_another_port_is_refused_by_default(server: Any, origin: str) -> None:
+    # Another local program's page (a dev server, a file previewer) is another site.
+    request = upgrade_request("/ws", host=f"127.0.0.1:{server.port}", extra=f"Origin: {origin}\r\n")
+    answer = raw_http(server.port, request)
+    assert status_of(answer) == 403
+    assert b"WEBSOCKET_ORIGINS" in answer
+
+
+@pytest.mark.parametrize("origin", LOOPBACK_ORIGINS)
+def test_loopback_origins_get_in_once_opted_in(origin: str) -> None:
+    app = embedws.App("dev", config={"WEBSOCKET_ORIGINS": ["loopback"]})
+    app.add_websocket_route(echo_handlers()[0], "/ws")
+    with serving(app) as server, client(server.url + "/ws", origin=origin) as c:
+        c.send("ok")
+        assert c.recv(timeout=5) == "ok"
+    with serving(app) as server:
+        assert rejected_status(server.url + "/ws", origin="http://evil.example") == 403
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]"])
+def test_the_pages_own_origin_gets_in_under_any_loopback_name(server: Any, host: str) -> None:
+    # A page of http://localhost:PORT that opens ws://127.0.0.1:PORT: the same server.
+    with client(server.url + "/ws", origin=f"http://{host}:{server.port}") as c:
         c.send("ok")
         assert c.recv(timeout=5) == "ok"
 
@@ -159,8 +185,10 @@ def test_websocket_origins_opens_exactly_what_it_names() -> None:
     with serving(app) as server:
         with client(server.url + "/ws", origin="https://app.example"):
             pass
+        with client(server.url + "/ws", origin=f"http://127.0.0.1:{server.port}"):
+            pass  # the page's own origin, always
         assert rejected_status(server.url + "/ws", origin="https://other.example") == 403
-        # the list replaces the default: loopback origins are no longer implied
+        # loopback origins of other ports need "loopback" in the list
         assert rejected_status(server.url + "/ws", origin="http://localhost:3000") == 403
         with client(server.url + "/ws"):  # not a browser: no Origin, allowed
             pass
@@ -232,8 +260,12 @@ def test_host_check_is_off_by_default_on_a_non_loopback_bind() -> None:
         ("http://x.example:8080", "x.example:8080", False, True),
         ("http://x.example:8080", "x.example:8081", False, False),
         ("http://X.Example:8080", "x.example:8080", False, True),
-        ("http://[::1]:9", "x.example", False, True),
-        ("http://127.5.6.7:9", "x.example", False, True),
+        ("http://[::1]:9", "x.example", False, False),
+        ("http://127.5.6.7:9", "x.example", False, False),
+        ("http://localhost:8000", "127.0.0.1:8000", False, True),
+        ("http://[::1]:8000", "localhost:8000", False, True),
+        ("http://localhost:8001", "127.0.0.1:8000", False, False),
+        ("http://localhost:8000", "x.example:8000", False, False),
         ("http://localhost.", "x.example", False, False),
         ("ftp://localhost", "x.example", False, False),
         ("http://localhost/path", "x.example", False, False),
@@ -389,3 +421,25 @@ def test_random_key_handshake_bytes_on_the_wire(server: Any) -> None:
         hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
     ).decode()
     assert f"sec-websocket-accept: {expected.lower()}" in head
+
+
+@pytest.mark.parametrize(
+    ("addresses", "allowed", "warns"),
+    [
+        (["127.0.0.1", "::1"], None, False),
+        (["0.0.0.0"], None, True),
+        (["127.0.0.1", "::"], None, True),
+        (["192.0.2.7"], None, True),
+        (["0.0.0.0"], ["app.example"], False),
+        (["0.0.0.0"], "*", False),
+        ([], None, False),  # a Unix socket
+    ],
+)
+def test_a_server_reachable_from_the_network_says_the_rebinding_guard_is_off(
+    addresses: list[str], allowed: Any, warns: bool
+) -> None:
+    warning = rebinding_guard_warning(addresses, allowed)
+    assert (warning is not None) is warns
+    if warning is not None:
+        assert "ALLOWED_HOSTS" in warning and "off" in warning
+        assert all(a in warning for a in addresses if a not in ("127.0.0.1", "::1"))

@@ -401,3 +401,83 @@ def test_past_max_connections_http_requests_get_503() -> None:
         deadline = time.monotonic() + 5
         while get(server.port, "/")[0].status == 503:  # until the server saw the close
             assert time.monotonic() < deadline
+
+
+# cross-site requests ---------------------------------------------------------------
+
+
+def post_from(port: int, path: str, body: bytes, **headers: str) -> tuple[int, bytes]:
+    response, data = get(port, path, "POST", body, **headers)
+    return response.status, data
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data"]
+)
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "http://localhost:3000", "http://127.0.0.1:1", "null"]
+)
+def test_a_cross_site_post_is_refused_with_403(server: Any, origin: str, content_type: str) -> None:
+    # The bodies a page can send without a CORS preflight: a form, or text/plain fetch.
+    status, body = post_from(
+        server.port, "/json", b'{"rm": "-rf"}', Origin=origin, **{"Content-Type": content_type}
+    )
+    assert status == 403
+    assert b"WEBSOCKET_ORIGINS" in body
+
+
+def test_same_origin_and_non_browser_posts_pass(server: Any) -> None:
+    own = f"http://127.0.0.1:{server.port}"
+    for headers in ({"Origin": own}, {"Origin": f"http://localhost:{server.port}"}, {}):
+        status, body = post_from(server.port, "/echo", b"payload", **headers)
+        assert (status, body) == (200, b"payload"), headers
+    # Without Origin, a browser still says where the request came from.
+    assert post_from(server.port, "/echo", b"x", **{"Sec-Fetch-Site": "same-origin"})[0] == 200
+    assert post_from(server.port, "/echo", b"x", **{"Sec-Fetch-Site": "none"})[0] == 200
+    assert post_from(server.port, "/echo", b"x", **{"Sec-Fetch-Site": "cross-site"})[0] == 403
+    assert post_from(server.port, "/echo", b"x", **{"Sec-Fetch-Site": "same-site"})[0] == 403
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_every_unsafe_method_is_checked_and_safe_ones_are_not(method: str) -> None:
+    app = embedws.App("methods")
+    ran: list[str] = []
+
+    @app.route("/thing", methods=["GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"])
+    def thing(request: Any) -> HTTPResponse:
+        ran.append(request.method)
+        return text("done")
+
+    with serving(app) as server:
+        assert get(server.port, "/thing", method, Origin="http://evil.example")[0].status == 403
+        for safe in ("GET", "HEAD", "OPTIONS"):
+            assert get(server.port, "/thing", safe, Origin="http://evil.example")[0].status == 200
+    assert ran == ["GET", "HEAD", "OPTIONS"]  # the refused request ran nothing
+
+
+def test_websocket_origins_opens_http_routes_too() -> None:
+    app = make_app(WEBSOCKET_ORIGINS=["https://app.example", "loopback"])
+    with serving(app) as server:
+        for origin in ("https://app.example", "http://localhost:3000"):
+            assert post_from(server.port, "/echo", b"ok", Origin=origin) == (200, b"ok")
+        assert post_from(server.port, "/echo", b"no", Origin="https://evil.example")[0] == 403
+    with serving(make_app(WEBSOCKET_ORIGINS="*")) as server:
+        assert post_from(server.port, "/echo", b"ok", Origin="https://evil.example")[0] == 200
+
+
+def test_behind_a_tls_proxy_the_own_origin_is_https() -> None:
+    app = make_app(PROXIES_COUNT=1)
+    with serving(app) as server:
+        headers = {"Host": "app.example", "X-Forwarded-Proto": "https"}
+        status, _ = post_from(server.port, "/echo", b"x", Origin="https://app.example", **headers)
+        # the Host check (ALLOWED_HOSTS) still refuses a name it does not know on loopback
+        assert status == 403
+    app = make_app(PROXIES_COUNT=1, ALLOWED_HOSTS=["app.example"])
+    with serving(app) as server:
+        headers = {"Host": "app.example", "X-Forwarded-Proto": "https"}
+        ok = post_from(server.port, "/echo", b"x", Origin="https://app.example", **headers)
+        assert ok == (200, b"x")
+        plain = {"Host": "app.example"}  # no proxy said https: port 80 is not the page's 443
+        assert (
+            post_from(server.port, "/echo", b"x", Origin="https://app.example", **plain)[0] == 403
+        )

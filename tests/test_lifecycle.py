@@ -307,8 +307,8 @@ def test_ipv6_and_host_lists() -> None:
             assert c.recv(timeout=5) == "::1"
 
 
-@pytest.mark.parametrize("hosts", [["127.0.0.1", "::1"], ["::1", "127.0.0.1"], None])
-def test_a_host_list_with_port_0_listens_on_one_port(hosts: list[str] | None) -> None:
+@pytest.mark.parametrize("hosts", [["127.0.0.1", "::1"], ["::1", "127.0.0.1"]])
+def test_a_host_list_with_port_0_listens_on_one_port(hosts: list[str]) -> None:
     app = embedws.App("one-port")
 
     @app.websocket("/")
@@ -316,7 +316,6 @@ def test_a_host_list_with_port_0_listens_on_one_port(hosts: list[str] | None) ->
         await ws.send(request.ip)
 
     try:
-        # None: every interface, IPv4 and IPv6 (reached here through loopback).
         server = app.start(host=hosts, port=0)
     except OSError:
         pytest.skip("no IPv6 here")

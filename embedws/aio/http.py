@@ -43,7 +43,7 @@ from websockets.http11 import Request as WSRequest
 from websockets.http11 import Response as WSResponse
 
 from ..errors import HTTPException, NotFound
-from ..handshake import is_upgrade, refuse_upgrade
+from ..handshake import is_upgrade, refuse_cross_site, refuse_upgrade
 from ..request import Request
 from ..response import HTTPResponse, error_response
 from ..routing import Route
@@ -248,6 +248,11 @@ class HTTPConnection(asyncio.BufferedProtocol):
             return error_response(403, message, server.error_format), True
         if is_upgrade(request):
             return await self._upgrade(request)
+        refusal = refuse_cross_site(
+            request, config, tls=server.tls, error_format=server.error_format
+        )
+        if refusal is not None:
+            return refusal, False
         if server.connection_count() > config.MAX_CONNECTIONS:
             return error_response(
                 503, "the server is at capacity; retry later", server.error_format

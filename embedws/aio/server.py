@@ -38,7 +38,7 @@ from ..protocol import ServerProtocol
 from ..request import Request
 from ..response import HTTPResponse
 from ..routing import Route, Router
-from ..security import is_loopback_address
+from ..security import is_loopback_address, rebinding_guard_warning
 from ..tls import SSLArg, server_context
 from .acceptor import AcceptBackoff, Acceptor
 from .connection import Connection, Settings, protocol_logger, read_buffer_for
@@ -165,6 +165,12 @@ class Server:
             servers = await self._listen_tcp(host, port, options)
         self._servers.extend(self._acceptor(server, factory, options) for server in servers)
         self.loopback_only = all(_is_loopback_socket(s) for s in self.sockets)
+        warning = rebinding_guard_warning(
+            [str(name[0]) for s in self.sockets if isinstance(name := s.getsockname(), tuple)],
+            self.config.ALLOWED_HOSTS,
+        )
+        if warning is not None:
+            logger.warning("%s", warning)
         self.app.server_started(self)
         await self._run_listeners("after_server_start", raise_errors=True)
 
