@@ -24,7 +24,8 @@ from .config import Config
 from .errors import RouteError
 from .routing import Route, RouteKind, Router, hosts_tuple, make_uri
 from .sync.runner import GreenletRunner, ThreadHookRunner, ThreadRunner
-from .sync.server import Server, run_until_stopped, start
+from .sync.server import Server, start
+from .sync.server import run as run_server
 from .tls import SSLArg
 
 __all__ = ["App", "Blueprint"]
@@ -438,8 +439,7 @@ class App(_RouteTable):
 
         Returns once the graceful shutdown is complete.
         """
-        server = self.start(host, port, **options)
-        run_until_stopped(server)
+        run_server(lambda: self.start(host, port, **options))
 
     @property
     def servers(self) -> list[AsyncServer]:

@@ -159,10 +159,12 @@ def test_aio_client_round_trip(server: Any) -> None:
 def test_custom_headers_origin_and_compression(server: Any) -> None:
     import json
 
-    with server.connect("/info", headers={"X-Token": "t0k"}, origin="http://localhost:3000") as ws:
+    with server.connect(
+        "/info", headers={"X-Token": "t0k"}, origin=f"http://localhost:{server.port}"
+    ) as ws:
         info = json.loads(ws.recv(timeout=5))
     assert info["x-token"] == "t0k"
-    assert info["origin"] == "http://localhost:3000"
+    assert info["origin"] == f"http://localhost:{server.port}"
     assert "permessage-deflate" in info["extensions"]
     assert info["user-agent"].startswith("embedws")
     with server.connect("/info", compression=None) as ws:

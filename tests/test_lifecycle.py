@@ -216,6 +216,45 @@ def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals
     assert process.returncode == 0, err
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_run_is_starting_stops_the_server_once_started(sig: signal.Signals) -> None:
+    script = ECHO_PROGRAM + textwrap.dedent(
+        """
+        @app.after_server_start
+        def slow_start(app):
+            print("starting", flush=True)
+            sys.stdin.readline()  # until the test has sent its signal
+
+        @app.after_server_stop
+        def stopped(app):
+            print("stopped", flush=True)
+
+        app.run(port=0)
+        print("returned", flush=True)
+        """
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "starting"
+            process.send_signal(sig)  # while app.run() is still in app.start()
+            # Then let the start finish. (Not with a second signal: one that
+            # comes while the first is pending may go to another thread, and
+            # the main thread would not see it while it waits.)
+            out, err = process.communicate("go on\n", timeout=10)
+        finally:
+            process.kill()
+    assert out.split() == ["stopped", "returned"], err
+    assert process.returncode == 0, err
+
+
 def test_aio_serve_in_an_existing_event_loop() -> None:
     app = embedws.App("aio")
     echo, aecho = echo_handlers()

@@ -11,7 +11,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -23,7 +23,7 @@ from .client import ClientWebsocket, connect
 from .loop import LoopThread, close_at_exit
 from .runner import in_handler_thread
 
-__all__ = ["Server", "run_until_stopped", "start"]
+__all__ = ["Server", "run", "run_until_stopped", "start"]
 
 
 class Server:
@@ -188,6 +188,37 @@ def start(
         loop_thread.release()
         raise
     return Server(loop_thread, server)
+
+
+def run(start_server: Callable[[], Server]) -> None:
+    """Start a server, then block until it stops or, on the main thread, Ctrl-C / SIGTERM.
+
+    A signal that comes while the server is starting (its listeners may take
+    a while) is kept until it has started, then stops it gracefully: an
+    interrupted start would leave a server running with nobody to stop it. A
+    second signal during the start interrupts it.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    if not main:
+        server = start_server()
+    else:
+        interrupted: list[int] = []
+
+        def defer(signum: int, frame: FrameType | None) -> None:
+            if interrupted:
+                raise KeyboardInterrupt
+            interrupted.append(signum)
+
+        previous = {sig: signal.signal(sig, defer) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server = start_server()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if interrupted:
+            server.stop()
+            return
+    run_until_stopped(server)
 
 
 def run_until_stopped(server: Server) -> None:
