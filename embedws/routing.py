@@ -184,12 +184,12 @@ class Route:
         values: dict[str, Any] = {}
         for name, convert, slashes in self.params:
             value = found.group(name)
-            if "%" in value:  # unquote's own test, made here to skip the call
+            if "%" in value:  # else unquote would return it as it is: spare the call
                 value = unquote(value)
             if "\x00" in value:
                 return None
             if slashes:
-                if value.startswith("/") or (".." in value and _DOT_DOT_SEGMENT.search(value)):
+                if value[:1] == "/" or (".." in value and _DOT_DOT_SEGMENT.search(value)):
                     return None
             elif "/" in value:
                 return None
