@@ -4,6 +4,7 @@ A :class:`Request` is built once per HTTP request or websocket handshake by the
 HTTP front from what h11 parsed. Derived views (``headers``, ``args``,
 ``cookies``, ``json()``) are computed on first use, because most handlers never
 touch most of them and a websocket keeps its request for its whole life.
+:func:`check_head` refuses the heads h11 accepts but no route should see.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import parse_qsl, unquote
 
 from .errors import BadRequest
+from .routing import check_path
+from .security import split_host
 
 if TYPE_CHECKING:
     from .config import Config
     from .routing import Route
 
-__all__ = ["Args", "Headers", "Request"]
+__all__ = ["Args", "Headers", "Request", "check_head"]
 
 _T = TypeVar("_T")
 
@@ -332,3 +335,32 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.path}>"
+
+
+def check_head(request: Request) -> None:
+    """Refuse a request head that cannot be served as it is written.
+
+    In this order: a ``Host`` that is not ``host[:port]`` (before any other
+    check: the Host and Origin checks would otherwise read it leniently); both
+    ``Content-Length`` and ``Transfer-Encoding`` (RFC 9112 §6.3: the framing is
+    ambiguous, the mark of request smuggling; h11 alone would let
+    Transfer-Encoding win); a path with a dot segment or a NUL
+    (:func:`~embedws.routing.check_path`). h11 has already refused what it
+    checks itself: two Host headers, conflicting lengths, other codings.
+
+    Raises:
+        BadRequest: the head is one of those; the caller answers 400 and closes.
+    """
+    host = request.header(b"host")
+    if host is not None and split_host(host.decode("latin-1")) is None:
+        raise BadRequest(
+            f"invalid Host header {host.decode('latin-1')!r}: expected host[:port], where host "
+            "is a name, an IPv4 address or an [IPv6] address and port a number up to 65535"
+        )
+    if request.header(b"transfer-encoding") is not None and (
+        request.header(b"content-length") is not None
+    ):
+        raise BadRequest(
+            "a request may not carry both Content-Length and Transfer-Encoding (RFC 9112 §6.3)"
+        )
+    check_path(request.path)

@@ -3,7 +3,16 @@
 A route's URI is a path with parameters, ``/chat/<room>`` or
 ``/items/<id:int>``; the types are ``str`` (default, no slash), ``int``,
 ``float``, ``alpha``, ``slug``, ``path`` (slashes allowed), ``uuid``, or a
-regular expression. Values reach the handler converted to their type.
+regular expression. Values reach the handler percent-decoded and converted to
+their type.
+
+Parameters are matched on the raw path and decoded afterwards, so a value can
+hold what its pattern never saw: ``%2F`` decodes to ``/``. A value a handler
+might join to a directory must not leave it, hence: only a ``path`` parameter
+ever holds a ``/``, and it never holds a ``..`` segment, a leading ``/`` or a
+NUL; no parameter holds a NUL. A value that breaks these rules does not match
+(404). :func:`check_path` refuses (400) the request paths that no route should
+see at all: dot segments, raw or percent-encoded, and NUL.
 
 Lookup order: routes without parameters first (a dict), then the others in
 the order they were added. A route with ``host=`` only matches requests whose
@@ -20,9 +29,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlencode
 
-from .errors import MethodNotAllowed, NotFound, RouteError
+from .errors import BadRequest, MethodNotAllowed, NotFound, RouteError
 
-__all__ = ["Route", "RouteKind", "Router", "hosts_tuple", "make_uri", "normalize_host"]
+__all__ = [
+    "Route",
+    "RouteKind",
+    "Router",
+    "check_path",
+    "hosts_tuple",
+    "make_uri",
+    "normalize_host",
+]
 
 RouteKind = Literal["websocket", "http"]
 
@@ -40,6 +57,41 @@ _TYPES: dict[str, tuple[str, Callable[[str], Any]]] = {
 }
 
 _PARAM = re.compile(r"<([A-Za-z_][A-Za-z0-9_]*)(?::([^>]+))?>")
+
+# A "." or ".." segment (RFC 3986 §3.3) of a decoded path or parameter value.
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
+_DOT_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.(?:/|$)")
+_ENCODED_DOT = re.compile(r"%2[eE]")
+
+
+def check_path(path: str) -> None:
+    """Refuse a request path that has a dot segment or a NUL byte.
+
+    ``path`` is the raw path of the request target (percent-encoded, no query).
+    Browsers resolve ``.`` and ``..`` segments before sending, so only a
+    hand-made request has one; it is refused rather than resolved, whether it is
+    written out (``/a/../b``) or its dots percent-encoded (``/a/%2e%2e/b``).
+
+    Raises:
+        BadRequest: the path has a dot segment or a NUL byte (``%00``).
+    """
+    candidate = path
+    if "%" in path:
+        lowered = path.lower()
+        if "%00" in lowered:
+            raise BadRequest(f"the request path {path!r} holds a NUL byte (%00)")
+        # Segments are what the raw "/" separate (RFC 3986 §3.3): an encoded
+        # "." may make one a dot segment, an encoded "/" does not split one
+        # (``..%2Fx`` is one segment, and no parameter but a ``path`` one
+        # takes a "/", nor a ``path`` one a ".." after decoding).
+        if "%2e" in lowered:
+            candidate = _ENCODED_DOT.sub(".", path)
+    if ("/." in candidate or candidate[:1] == ".") and _DOT_SEGMENT.search(candidate):
+        raise BadRequest(
+            f"the request path {path!r} has a dot segment ('.' or '..', perhaps "
+            "percent-encoded); browsers resolve those before sending, so this request was "
+            "made by hand: send the path without them"
+        )
 
 
 def normalize_host(host: str) -> str:
@@ -70,7 +122,8 @@ class Route:
     error_format: str | None = None
     mode: str | None = None
     is_async: bool = False
-    params: list[tuple[str, Callable[[str], Any]]] = field(default_factory=list)
+    # (name, converter, whether the value may hold "/": only a `path` parameter's may)
+    params: list[tuple[str, Callable[[str], Any], bool]] = field(default_factory=list)
     pattern: re.Pattern[str] | None = None
 
     def __post_init__(self) -> None:
@@ -97,10 +150,10 @@ class Route:
                         f"and is not a valid regular expression ({exc})"
                     ) from None
                 regex, convert = kind, str
-            if any(name == existing for existing, _ in self.params):
+            if any(name == existing for existing, _, _ in self.params):
                 raise RouteError(f"route {self.uri!r}: parameter {name!r} appears twice")
             parts.append(f"(?P<{name}>{regex})")
-            self.params.append((name, convert))
+            self.params.append((name, convert, kind == "path"))
             position = match.end()
         parts.append(re.escape(self.uri[position:]))
         if self.params:
@@ -122,16 +175,30 @@ class Route:
         return [bare, bare + "/"]
 
     def match(self, path: str) -> dict[str, Any] | None:
-        """Converted parameters if ``path`` matches, else ``None``."""
+        """Converted parameters if ``path`` matches, else ``None``.
+
+        A decoded value that would hold a ``/`` (any type but ``path``), a
+        ``..`` segment or a leading ``/`` (``path``), or a NUL does not match.
+        """
         if self.pattern is None:
             return {} if path in self.static_paths() else None
         found = self.pattern.fullmatch(path)
         if found is None:
             return None
         values: dict[str, Any] = {}
-        for name, convert in self.params:
+        for name, convert, slashes in self.params:
+            value = found.group(name)
+            if "%" in value:  # else unquote would return it as it is: spare the call
+                value = unquote(value)
+            if "\x00" in value:
+                return None
+            if slashes:
+                if value[:1] == "/" or (".." in value and _DOT_DOT_SEGMENT.search(value)):
+                    return None
+            elif "/" in value:
+                return None
             try:
-                values[name] = convert(unquote(found.group(name)))
+                values[name] = convert(value)
             except ValueError:
                 return None
         return values

@@ -20,11 +20,16 @@ user happens to visit:
 Requests without ``Origin`` (nor ``Sec-Fetch-Site``) do not come from a browser
 page and pass the origin check (any local program can connect to a loopback
 port anyway).
+
+Both checks trust only a ``Host`` that :func:`split_host` parses: a lenient
+reading would let ``127.0.0.1:evil.com`` pass for a loopback name. The HTTP
+front refuses any other value with 400 before either check runs.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
@@ -40,6 +45,7 @@ __all__ = [
     "is_secure",
     "origin_allowed",
     "rebinding_guard_warning",
+    "split_host",
 ]
 
 #: The ``WEBSOCKET_ORIGINS`` entry that lets in pages of every loopback origin
@@ -50,6 +56,35 @@ LOOPBACK_ORIGINS = "loopback"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+# RFC 9110 §7.2 Host = uri-host [ ":" port ], narrowed to what clients send: a
+# reg-name (IPv4 addresses are made of its characters) or an IPv6 literal; no
+# percent-encoding, no zone identifier, no IPvFuture.
+_HOST = re.compile(r"(?:([A-Za-z0-9._-]+)|\[([0-9A-Fa-f:.]+)\])(?::([0-9]{1,5}))?")
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """(host, port) of a ``Host`` header value, or ``None`` if it is not ``host[:port]``.
+
+    The host is a name (letters, digits, ``-``, ``.``, ``_``), an IPv4 address or
+    an ``[IPv6]`` address, lowercased, brackets kept; the port (1 to 5 digits, at
+    most 65535) is ``None`` when absent. Anything else is refused, surrounding
+    spaces included: ``127.0.0.1:evil.com``, ``localhost:``, ``a@b``, ``[::1].x``.
+    """
+    found = _HOST.fullmatch(value)
+    if found is None:
+        return None
+    name, ipv6, port = found.groups()
+    number = int(port) if port is not None else None
+    if number is not None and number > 65535:
+        return None
+    if ipv6 is not None:
+        try:
+            ipaddress.IPv6Address(ipv6)
+        except ValueError:
+            return None
+        return f"[{ipv6.lower()}]", number
+    return name.lower(), number
 
 
 def is_loopback_name(host: str) -> bool:
@@ -70,14 +105,12 @@ def is_loopback_address(address: str) -> bool:
 
 
 def _split_host_port(value: str, default_port: int) -> tuple[str, int] | None:
-    """(host, port) of a Host header value, or None if its port is not a number."""
-    host = normalize_host(value)
-    value = value.strip().lower()
-    end = value.find("]") + 1 if value.startswith("[") else value.find(":")
-    port = value[end + 1 :] if end > 0 and value[end : end + 1] == ":" else ""
-    if not port:
-        return host, default_port
-    return (host, int(port)) if port.isdigit() else None
+    """(normalized host, port) of a Host header value, or None if it is not valid."""
+    parsed = split_host(value)
+    if parsed is None:
+        return None
+    host, port = parsed
+    return normalize_host(host), default_port if port is None else port
 
 
 def _parse_origin(origin: str) -> tuple[str, str, int] | None:
@@ -216,7 +249,10 @@ def host_allowed(
         # No Host header: not a browser (browsers always send one), so not a
         # rebinding page either.
         return True
-    host = normalize_host(host_header)
+    parsed = split_host(host_header)
+    if parsed is None:
+        return False
+    host = normalize_host(parsed[0])
     if is_loopback_name(host) or host in named_hosts:
         return True
     if allowed is None:

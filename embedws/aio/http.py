@@ -5,7 +5,10 @@ Theory of operation
 Every accepted socket starts with an :class:`HTTPConnection` as its
 ``asyncio.Protocol``. h11 parses requests (keep-alive and pipelining included);
 one request is handled at a time, with reading paused meanwhile so a client
-cannot make us buffer without bound. For each request, in order:
+cannot make us buffer without bound. A head that cannot be served as written
+(``request.check_head``: an invalid Host, both Content-Length and
+Transfer-Encoding, a dot segment or NUL in the path) gets 400 and the
+connection closes. For each other request, in order:
 
 1. the Host check (``ALLOWED_HOSTS``, the DNS-rebinding guard) → 403;
 2. the route (404, 405, or 426 for plain HTTP on a websocket route);
@@ -42,9 +45,9 @@ from websockets.datastructures import Headers as WSHeaders
 from websockets.http11 import Request as WSRequest
 from websockets.http11 import Response as WSResponse
 
-from ..errors import HTTPException, NotFound
+from ..errors import BadRequest, HTTPException, NotFound
 from ..handshake import is_upgrade, refuse_cross_site, refuse_upgrade
-from ..request import Request
+from ..request import Request, check_head
 from ..response import HTTPResponse, error_response
 from ..routing import Route
 from ..security import host_allowed
@@ -192,6 +195,11 @@ class HTTPConnection(asyncio.BufferedProtocol):
         head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
         if head_size > server.config.REQUEST_MAX_HEADER_SIZE:
             self._refuse(431, "request header fields too large")
+            return False
+        try:
+            check_head(self._request)
+        except BadRequest as exc:
+            self._refuse(400, str(exc))
             return False
         length = self._request.header(b"content-length")
         if length is not None and length.isdigit() and int(length) > server.config.REQUEST_MAX_SIZE:
