@@ -336,8 +336,10 @@ print("whole and in order" if results == [True] * 3 else f"wrong: {results}", fl
 """
 
 
-def test_a_burst_of_large_broadcasts_reaches_readers_and_drops_only_the_one_that_stops() -> None:
-    app = make_app(WEBSOCKET_WRITE_TIMEOUT=2)
+def test_a_burst_of_large_broadcasts_reaches_readers_and_drops_only_the_one_that_stops(
+    kind: str,
+) -> None:
+    app = make_app(kind, WEBSOCKET_WRITE_TIMEOUT=2)
     count, size = 20, 2**20
     payloads = [bytes([i]) * size for i in range(count)]
     process = psutil.Process()

@@ -207,7 +207,12 @@ def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready"
-        echo_then_going_away(f"ws://127.0.0.1:{port}/", lambda: process.send_signal(sig))
+        try:
+            echo_then_going_away(f"ws://127.0.0.1:{port}/", lambda: process.send_signal(sig))
+        except Exception as exc:
+            process.kill()
+            out, err = process.communicate()
+            raise AssertionError(f"the program said {out!r}, {err!r}") from exc
         out, err = process.communicate(timeout=10)
     finally:
         process.kill()
