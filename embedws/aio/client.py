@@ -281,7 +281,7 @@ async def _attempt(
         for name, value in headers:
             request.headers[name] = value
         protocol.send_request(request)
-        conn._flush()
+        conn.flush()
         try:
             response: WSResponse = await asyncio.shield(handshake)
         except OSError as exc:  # the connection ended before a response came

@@ -177,7 +177,7 @@ class Connection(asyncio.BufferedProtocol):
         "_lost",
         "_lost_waiter",
         "_messages",
-        "_on_close",
+        "on_close",
         "_pending",
         "_pending_size",
         "_pings",
@@ -228,7 +228,7 @@ class Connection(asyncio.BufferedProtocol):
         self.remote_address: Any = None
         self.latency = 0.0
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
-        self._on_close = on_close
+        self.on_close = on_close
         self._consumer: Consumer | None = None
         self._messages: list[str | bytes] | None = None
         self._waiter: asyncio.Future[str | bytes] | None = None
@@ -306,7 +306,7 @@ class Connection(asyncio.BufferedProtocol):
         protocol.receive_data(data)
         events = protocol.events_received()
         if protocol.writes:  # pongs, close replies: usually nothing
-            self._flush()
+            self.flush()
             if self._writing_paused:
                 self._hold_reading()
         if protocol.state is OPEN:  # the hot path
@@ -326,7 +326,7 @@ class Connection(asyncio.BufferedProtocol):
     def eof_received(self) -> bool | None:
         self.protocol.receive_eof()
         self.protocol.events_received()
-        self._flush()
+        self.flush()
         return None  # let the transport close: the websocket never writes after EOF
 
     def _process(self, event: Any) -> None:
@@ -457,7 +457,8 @@ class Connection(asyncio.BufferedProtocol):
 
     # Writing ----------------------------------------------------------------
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what the protocol has to send (frames, or the end of the stream)."""
         transport = self.transport
         for data in self.protocol.data_to_send():
             if self._pending is not None:  # behind the broadcasts held back
@@ -514,7 +515,7 @@ class Connection(asyncio.BufferedProtocol):
         if self.protocol.state is not OPEN or self._failed or self.transport.is_closing():
             raise self.close_exc()
         self.frame_message(is_text, payload)
-        self._flush()
+        self.flush()
 
     def frame_message(self, is_text: bool, payload: bytes | Fragments) -> None:
         """Queue one message's frames in the protocol (the caller sends them).
@@ -543,7 +544,7 @@ class Connection(asyncio.BufferedProtocol):
             protocol.send_text(data, fin=fin)
         else:
             protocol.send_binary(data, fin=fin)
-        self._flush()
+        self.flush()
 
     def write_frames(self, frames: list[bytes]) -> None:
         """Write frames serialized elsewhere (a broadcast's, shared by its recipients).
@@ -651,14 +652,14 @@ class Connection(asyncio.BufferedProtocol):
             raise ConcurrencyError("a ping with the same payload is waiting for its pong")
         pings[data] = (waiter, self.loop.time())
         protocol.send_ping(data)
-        self._flush()
+        self.flush()
         return data
 
     def send_pong(self, data: bytes) -> None:
         if self.protocol.state is not OPEN or self._failed:
             raise self.close_exc()
         self.protocol.send_pong(data)
-        self._flush()
+        self.flush()
 
     def _acknowledge(self, data: bytes) -> None:
         pings = self._pings
@@ -717,7 +718,7 @@ class Connection(asyncio.BufferedProtocol):
         protocol = self.protocol
         if protocol.state is OPEN and not self._failed:
             protocol.send_close(code, reason)
-            self._flush()
+            self.flush()
             self._arm_close_timer()
         elif protocol.state is CONNECTING and not self._lost:
             self.transport.abort()
@@ -729,7 +730,7 @@ class Connection(asyncio.BufferedProtocol):
         self._failed = True
         self._fragments = self._decoder = None
         self.protocol.fail(code, reason)
-        self._flush()
+        self.flush()
         self._arm_close_timer()
 
     def abort(self) -> None:
@@ -782,8 +783,8 @@ class Connection(asyncio.BufferedProtocol):
         handshake = self._handshake
         if handshake is not None and not handshake.done():
             handshake.set_exception(ConnectionResetError("connection closed during the handshake"))
-        if self._on_close is not None:
-            self._on_close(self)
+        if self.on_close is not None:
+            self.on_close(self)
 
     def close_exc(self) -> WebsocketClosed:
         """The exception that tells users the connection is closed."""
@@ -806,7 +807,18 @@ class Connection(asyncio.BufferedProtocol):
 
     @property
     def lost(self) -> bool:
+        """True once the TCP connection is gone."""
         return self._lost
+
+    @property
+    def open(self) -> bool:
+        """True while messages can be sent (no close frame sent or received)."""
+        return self.protocol.state is OPEN and not self._failed
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while reading waits for the consumer to drain its queue."""
+        return self._reading_paused
 
     # State ------------------------------------------------------------------
 
@@ -1013,11 +1025,6 @@ class Websocket(Connection):
     def closed(self) -> bool:
         """True once the TCP connection is gone."""
         return self._lost
-
-    @property
-    def open(self) -> bool:
-        """True while messages can be sent (no close frame sent or received)."""
-        return self.protocol.state is OPEN and not self._failed
 
     @property
     def subprotocol(self) -> str | None:

@@ -10,6 +10,11 @@ Order: calls from one thread run in the order they were made, and every
 thread-to-loop call about a connection (send, broadcast, ping, close) goes
 through the same queue, so sends and broadcasts from one thread keep their
 order too.
+
+This is the one way from another thread into a loop: every crossing of the
+library (``embedws/sync/bridge/`` has the map) is a :meth:`Crossing.call`.
+A loop that is closed answers :class:`LoopClosed`, the one signal for "the
+loop is gone, and everything that lived on it".
 """
 
 from __future__ import annotations
@@ -22,9 +27,18 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Crossing", "crossing_for"]
+__all__ = ["Crossing", "LoopClosed", "crossing_for"]
 
 logger = logging.getLogger("embedws.loop")
+
+
+class LoopClosed(Exception):
+    """The loop a call was meant for is closed: its connections and servers are gone.
+
+    Internal: raised by :meth:`Crossing.call`, and translated by each caller
+    into what it means for the user (``WebsocketClosed`` for a send, nothing
+    for a close).
+    """
 
 
 class Crossing:
@@ -57,7 +71,7 @@ class Crossing:
         """Run ``fn(*args)`` on the loop soon, after the calls queued before it.
 
         Raises:
-            RuntimeError: the loop is closed.
+            LoopClosed: the loop is closed.
         """
         self._calls.append((fn, args))  # deque.append is atomic
         if not self._scheduled:
@@ -68,11 +82,11 @@ class Crossing:
             loop = self._loop()
             try:
                 if loop is None:
-                    raise RuntimeError("Event loop is closed")
+                    raise LoopClosed
                 loop.call_soon_threadsafe(self._run)
-            except RuntimeError:
+            except (RuntimeError, LoopClosed) as exc:  # asyncio's "Event loop is closed"
                 self._scheduled = False
-                raise
+                raise LoopClosed from exc
 
     def _run(self) -> None:
         self._scheduled = False

@@ -34,10 +34,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from websockets.frames import BINARY, CONT, TEXT, Frame
-from websockets.protocol import OPEN, SERVER
+from websockets.protocol import SERVER
 
 from ..message import Fragments, encode_message
 from .connection import Connection
+from .crossing import LoopClosed
 
 __all__ = ["Connections", "Registry", "Room", "connection_of", "write_to_all"]
 
@@ -158,7 +159,7 @@ class Registry:
             else:
                 try:
                     conns[0].crossing.call(write_to_all, conns, is_text, payload)
-                except RuntimeError:  # that loop is closed: so are its connections
+                except LoopClosed:  # so are its connections
                     count -= len(conns)
         return count
 
@@ -169,7 +170,7 @@ def write_to_all(conns: list[Connection], is_text: bool, payload: bytes | Fragme
     for conn in conns:
         protocol = conn.protocol
         transport = conn.transport
-        if protocol.state is not OPEN or conn._failed or transport.is_closing():
+        if not conn.open or transport.is_closing():
             continue
         # Only a paused transport (above its high-water mark) can be that full.
         if conn.writing_paused and conn.over_backlog():

@@ -42,6 +42,7 @@ from ..security import is_loopback_address, rebinding_guard_warning
 from ..tls import SSLArg, server_context
 from .acceptor import AcceptBackoff, Acceptor
 from .connection import Connection, Settings, protocol_logger, read_buffer_for
+from .crossing import LoopClosed, crossing_for
 from .http import HTTPConnection
 from .runner import HandlerRunner, HookRunner, is_async_callable
 
@@ -453,8 +454,8 @@ class Server:
     def close_threadsafe(self) -> None:
         """:meth:`close` from any thread."""
         try:
-            self.loop.call_soon_threadsafe(self.close)
-        except RuntimeError:  # the loop is closed: so is the server
+            crossing_for(self.loop).call(self.close)
+        except LoopClosed:  # so is the server
             pass
 
     async def wait_closed(self) -> None:
@@ -563,7 +564,8 @@ class serve:  # noqa: N801 - used like a function, as websockets.serve is
         self._ssl, self._sock, self._unix = ssl, sock, unix
         self._server: Server | None = None
 
-    async def _start(self) -> Server:
+    async def start(self) -> Server:
+        """Start serving and return the server (what ``await serve(...)`` does)."""
         server = Server(self._app, self._config, asyncio.get_running_loop())
         try:
             await server.start(
@@ -577,10 +579,10 @@ class serve:  # noqa: N801 - used like a function, as websockets.serve is
         return server
 
     def __await__(self) -> Generator[Any, None, Server]:
-        return self._start().__await__()
+        return self.start().__await__()
 
     async def __aenter__(self) -> Server:
-        return await self._start()
+        return await self.start()
 
     async def __aexit__(self, *exc_info: object) -> None:
         assert self._server is not None

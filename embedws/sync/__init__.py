@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from .bridge import PingWaiter
+from .bridge.greenlets import sleep
 from .client import ClientWebsocket, Reconnect, connect, reconnect
-from .greenlets import sleep
-from .loop import PingWaiter
 from .server import Server
 from .websocket import Websocket
 

@@ -23,9 +23,8 @@ from typing import Any
 
 from ..aio.client import ConnectSpec, open_connection
 from ..aio.connection import Connection
-from .direct import DirectWriteConnection
-from .greenlets import sleep
-from .loop import LoopThread, close_at_exit
+from .bridge import DirectWriteConnection, LoopThread, close_at_exit
+from .bridge.greenlets import sleep
 from .websocket import Websocket
 
 __all__ = ["ClientWebsocket", "Reconnect", "connect", "reconnect"]
@@ -123,7 +122,7 @@ async def _open_on_loop(spec: ConnectSpec, loop_thread: LoopThread) -> ClientWeb
     ws = ClientWebsocket(conn, loop_thread)
     # Once the connection is gone, so is this client's hold on the loop
     # thread (release() on the loop thread schedules the stop, no join).
-    conn._on_close = lambda _conn: ws.release_loop()
+    conn.on_close = lambda _conn: ws.release_loop()
     return ws
 
 

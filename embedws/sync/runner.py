@@ -27,11 +27,13 @@ import greenlet
 
 from ..aio.connection import Connection
 from ..aio.connection import Websocket as AioWebsocket
+from ..aio.crossing import Crossing, LoopClosed, crossing_for
 from ..aio.runner import log_handler_crash
 from ..errors import ServiceUnavailable, WebsocketClosed
 from ..request import Request
-from .direct import DirectWriteConnection
-from .greenlets import blocking_watch, check_blocked
+from .bridge import DirectWriteConnection
+from .bridge.greenlets import blocking_watch, check_blocked
+from .bridge.switches import SCHED_BATCH
 from .websocket import Websocket
 
 __all__ = ["GreenletRunner", "HandlerPool", "ThreadHookRunner", "ThreadRunner", "in_handler_thread"]
@@ -82,7 +84,7 @@ class HandlerPool:
     def __init__(self, max_threads: int, name: str, *, batch_sched: bool = False) -> None:
         self._max = max_threads
         self._name = name
-        self._batch_sched = batch_sched and _CAN_BATCH
+        self._batch_sched = batch_sched and _CAN_BATCH and SCHED_BATCH
         self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
             queue.SimpleQueue()
         )
@@ -289,19 +291,29 @@ async def _call_on_pool(
 ) -> Any:
     """``fn(*args, **kwargs)`` on a thread of ``pool``; its result, on the loop."""
     result: asyncio.Future[Any] = loop.create_future()
+    crossing = crossing_for(loop)
 
     def run() -> None:
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:
-            loop.call_soon_threadsafe(_settle, result, None, exc)
+            _settle_from_thread(crossing, result, None, exc)
         else:
-            loop.call_soon_threadsafe(_settle, result, value, None)
+            _settle_from_thread(crossing, result, value, None)
 
     run.__qualname__ = getattr(fn, "__qualname__", run.__qualname__)  # for the pool's logs
     if not pool.try_submit(run, reserved=reserved):
         raise ServiceUnavailable("all handler threads are busy; retry later")
     return await result
+
+
+def _settle_from_thread(
+    crossing: Crossing, future: asyncio.Future[Any], value: Any, exc: BaseException | None
+) -> None:
+    try:
+        crossing.call(_settle, future, value, exc)
+    except LoopClosed:  # nobody waits for the result any more
+        pass
 
 
 def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
@@ -350,7 +362,7 @@ class _HandlerJob:
             try:
                 # After this handler's own sends, which went the same way.
                 conn.crossing.call(_finish, conn, code, reason, self)
-            except RuntimeError:  # the loop is gone
+            except LoopClosed:  # the connection went with it
                 pass
 
 

@@ -19,8 +19,8 @@ from ..aio.server import ServedApp
 from ..aio.server import Server as AsyncServer
 from ..aio.server import serve as aio_serve
 from ..tls import SSLArg
+from .bridge import LoopThread, close_at_exit
 from .client import ClientWebsocket, connect
-from .loop import LoopThread, close_at_exit
 from .runner import in_handler_thread
 
 __all__ = ["Server", "run", "run_until_stopped", "start"]
@@ -42,7 +42,7 @@ class Server:
         self._finished = threading.Event()  # threads joined, loop thread released
         self._finish_lock = threading.Lock()  # guards _finishing
         self._finishing = False
-        loop_thread.call_soon(self._watch_closed)
+        loop_thread.crossing.call(self._watch_closed)
         close_at_exit(self, server=True)
 
     def close_at_exit(self) -> None:
@@ -182,7 +182,7 @@ def start(
     loop_thread = LoopThread.acquire()
     try:
         server = loop_thread.run(
-            aio_serve(app, host, port, ssl=ssl, sock=sock, unix=unix, **config)._start()
+            aio_serve(app, host, port, ssl=ssl, sock=sock, unix=unix, **config).start()
         )
     except BaseException:
         loop_thread.release()

@@ -1,7 +1,7 @@
 """The blocking websocket given to ``def`` handlers and returned by ``sync.connect``.
 
 Each method is a few lines around one crossing into the loop; the mechanisms
-(inbox, send gate, ping waiter) are in ``embedws/sync/loop.py``. In greenlet
+(inbox, send paths, ping waiter) are in ``embedws/sync/bridge/``. In greenlet
 mode the same methods switch to the loop instead of blocking the thread.
 """
 
@@ -12,16 +12,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import greenlet
-from websockets.protocol import OPEN, SERVER
+from websockets.protocol import SERVER
 
 from ..aio.connection import Connection
+from ..aio.crossing import LoopClosed
 from ..errors import ConcurrencyError, WebsocketClosed
-from ..message import Fragments, encode_message
+from ..message import encode_message
 from ..request import Request
 from ..state import State
-from .direct import DirectWriteConnection
-from .greenlets import park_for_message, park_until_closed, wait_writable
-from .loop import Inbox, PingWaiter, SendGate, check_can_block, write_from_thread
+from .bridge import (
+    DirectWriteConnection,
+    Inbox,
+    PingWaiter,
+    SendGate,
+    check_can_block,
+    send_from_thread,
+    send_on_loop,
+)
+from .bridge.greenlets import park_for_message, park_until_closed
 
 __all__ = ["Websocket"]
 
@@ -62,33 +70,16 @@ class Websocket:
             TypeError: ``data`` has a type that cannot be sent.
         """
         conn = self._conn
-        if conn.protocol.state is not OPEN or conn._failed:
+        if not conn.open:
             self._raise_closed()
         is_text, payload = encode_message(data, encoding)
         if threading.get_ident() == self._loop_ident:
-            self._send_on_loop(is_text, payload)
-            return
-        direct = self._direct
-        if direct is not None and not self._inbox.crowded and direct.try_send(is_text, payload):
-            return
-        size = sum(map(len, payload)) if type(payload) is Fragments else len(payload)
-        if not self._gate.acquire(size, conn.settings.write_timeout):
-            self._call_soon(conn.fail, 1011, "write timeout")
+            try:
+                send_on_loop(conn, self._inbox, is_text, payload)
+            except WebsocketClosed:
+                self._raise_closed()
+        elif not send_from_thread(conn, self._direct, self._inbox, self._gate, is_text, payload):
             self._raise_closed()
-        try:
-            conn.crossing.call(write_from_thread, conn, is_text, payload, self._gate, size)
-        except RuntimeError:  # the loop is gone
-            self._raise_closed()
-
-    def _send_on_loop(self, is_text: bool, payload: bytes | Fragments) -> None:
-        conn = self._conn
-        try:
-            conn.write_message(is_text, payload)
-        except WebsocketClosed:
-            self._raise_closed()
-        current = greenlet.getcurrent()
-        if conn.writing_paused and current.parent is not None:
-            wait_writable(conn, current)
 
     # Receiving -----------------------------------------------------------------
 
@@ -140,7 +131,7 @@ class Websocket:
             WebsocketClosed: the connection is closed.
         """
         conn = self._conn
-        if conn.protocol.state is not OPEN or conn._failed:
+        if not conn.open:
             self._raise_closed()
         waiter = PingWaiter(conn.loop)
         payload = data.encode() if isinstance(data, str) else data
@@ -154,7 +145,7 @@ class Websocket:
             WebsocketClosed: the connection is closed.
         """
         conn = self._conn
-        if conn.protocol.state is not OPEN or conn._failed:
+        if not conn.open:
             self._raise_closed()
         self._call_soon(_pong, conn, data.encode() if isinstance(data, str) else bytes(data))
 
@@ -173,8 +164,8 @@ class Websocket:
             return
         try:
             conn.crossing.call(conn.start_close, code, reason)
-        except RuntimeError:
-            return  # the loop is gone, and the connection with it
+        except LoopClosed:
+            return  # the connection went with it
         self.wait_closed()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
@@ -189,7 +180,7 @@ class Websocket:
     def _call_soon(self, fn: Any, *args: Any) -> None:
         try:
             self._conn.crossing.call(fn, *args)
-        except RuntimeError:  # loop closed
+        except LoopClosed:
             self._raise_closed()
 
     def _raise_closed(self) -> None:
@@ -211,7 +202,7 @@ class Websocket:
     @property
     def open(self) -> bool:
         """True while messages can be sent (no close frame sent or received)."""
-        return self._conn.protocol.state is OPEN and not self._conn._failed
+        return self._conn.open
 
     @property
     def subprotocol(self) -> str | None:

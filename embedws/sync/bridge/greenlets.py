@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 import greenlet
 
 if TYPE_CHECKING:
-    from ..aio.connection import Connection
-    from .loop import Inbox
+    from ...aio.connection import Connection
+    from .inbox import Inbox
 
 __all__ = [
     "blocking_watch",
@@ -114,12 +114,10 @@ def _watch(inbox: Inbox, current: greenlet.greenlet) -> None:
     inbox.watchers.append(current)
 
 
-def wait_writable(conn: Connection, current: greenlet.greenlet) -> None:
+def wait_writable(conn: Connection, inbox: Inbox, current: greenlet.greenlet) -> None:
     """``send`` in a greenlet handler to a slow peer: wait until it reads again."""
-    inbox = conn._consumer
-    assert inbox is not None
     while conn.writing_paused and not conn.lost:
-        _watch(inbox, current)  # type: ignore[arg-type]
+        _watch(inbox, current)
         _switch_to_loop(current)
     if conn.lost:
         raise conn.close_exc()

@@ -1,0 +1,33 @@
+"""The fast paths of the thread bridge, and the one switch of each.
+
+Each fast path saves work on one platform (a selector event loop on Linux) and
+is skipped elsewhere; the portable path underneath is always complete. A
+switch is an environment variable read once, at import: ``0``, ``false``,
+``off`` or ``no`` turns the path off. ``EMBEDWS_FAST_PATHS=0`` turns off every
+one whose own variable is not set (CI runs the suite so, to test the portable
+path users on other platforms run).
+
+* ``EMBEDWS_DIRECT_WRITES``: a thread-mode handler's ``send`` writes to the
+  socket from its own thread (``sends.py``).
+* ``EMBEDWS_WAKE_BATCH``: messages for handler threads are handed over once
+  per loop pass (``inbox.py``).
+* ``EMBEDWS_SCHED_BATCH``: handler threads use Linux's ``SCHED_BATCH``
+  policy (``embedws/sync/runner.py``; the config key ``SYNC_HANDLER_SCHED_BATCH``
+  turns it off for one app).
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["DIRECT_WRITES", "SCHED_BATCH", "WAKE_BATCH"]
+
+
+def _on(name: str) -> bool:
+    value = os.environ.get(name, os.environ.get("EMBEDWS_FAST_PATHS", "1"))
+    return value.strip().lower() not in ("0", "false", "off", "no")
+
+
+DIRECT_WRITES = _on("EMBEDWS_DIRECT_WRITES")
+WAKE_BATCH = _on("EMBEDWS_WAKE_BATCH")
+SCHED_BATCH = _on("EMBEDWS_SCHED_BATCH")
