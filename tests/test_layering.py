@@ -9,6 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "embedws"
 PURE = [
+    "assembler",
     "config",
     "errors",
     "handshake",

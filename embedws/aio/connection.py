@@ -10,9 +10,9 @@ validation, and it does what that layer leaves to I/O code:
 * ``data_received`` feeds bytes to the protocol, writes what the protocol wants
   written (automatic pongs, close replies), and hands complete data frames to
   the assembler. ``eof_received`` calls ``receive_eof`` and nothing is fed after.
-* The assembler joins fragments into one buffer per message (a ``bytearray``, or
-  a ``StringIO`` behind an incremental UTF-8 decoder for text, so invalid UTF-8
-  fails with 1007 at the first bad byte even across fragments). Complete
+* A fragmented message is joined by an :class:`~embedws.assembler.Assembler`
+  (one buffer per message; text decoded as it arrives, so invalid UTF-8 fails
+  with 1007 at the first bad byte even across fragments). Complete
   messages go to the consumer: the async API's own queue by default, or the
   thread-safe inbox the sync facade installs. When ``WEBSOCKET_MAX_QUEUE``
   messages wait, reading pauses; the consumer resumes it when it has drained.
@@ -39,8 +39,6 @@ the loop's batched call queue, ``self.crossing`` (``embedws/aio/crossing.py``).
 from __future__ import annotations
 
 import asyncio
-import codecs
-import io
 import logging
 import os
 import weakref
@@ -53,6 +51,7 @@ from websockets.frames import BINARY, CLOSE, CONT, PONG, TEXT, Frame
 from websockets.protocol import CLOSED, CONNECTING, OPEN, SERVER
 from websockets.protocol import Protocol as SansIOProtocol
 
+from ..assembler import Assembler, InvalidUTF8
 from ..errors import ConcurrencyError, WebsocketClosed
 from ..message import Fragments, encode_message, fragment_payload
 from ..state import State
@@ -88,8 +87,6 @@ class ProtocolLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 protocol_logger = ProtocolLogger(logging.getLogger("embedws.protocol"), {})
-
-_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
 class Consumer(Protocol):
@@ -167,10 +164,9 @@ class Connection(asyncio.BufferedProtocol):
         "_close_handle",
         "_consumer",
         "_control_held",
-        "_decoder",
         "_drain_waiters",
         "_failed",
-        "_fragments",
+        "_assembler",
         "_handshake",
         "_ka_handle",
         "_ka_ping",
@@ -232,8 +228,7 @@ class Connection(asyncio.BufferedProtocol):
         self._consumer: Consumer | None = None
         self._messages: list[str | bytes] | None = None
         self._waiter: asyncio.Future[str | bytes] | None = None
-        self._fragments: bytearray | io.StringIO | None = None
-        self._decoder: codecs.IncrementalDecoder | None = None
+        self._assembler: Assembler | None = None  # a fragmented message arriving
         self._pings: dict[bytes, tuple[PongWaiter | None, float]] | None = None
         self._ka_handle: asyncio.TimerHandle | None = None
         self._ka_ping: bytes | None = None
@@ -339,53 +334,48 @@ class Connection(asyncio.BufferedProtocol):
             return
         opcode = event.opcode
         data: Any = event.data  # bytes or bytearray: never a memoryview when receiving
+        # Whole messages (the usual case) here; fragmented ones in an Assembler.
         if opcode is TEXT:
             if event.fin:
                 try:
-                    self._deliver(data.decode())
+                    text = data.decode()
                 except UnicodeDecodeError as exc:
-                    self._invalid_utf8(exc)
+                    self._invalid_utf8(InvalidUTF8(exc.reason))
+                else:
+                    self._deliver(text)
             else:
-                self._decoder = _utf8_decoder()
-                self._fragments = io.StringIO()
-                self._append_text(data, False)
+                self._assembler = Assembler(is_text=True)
+                self._add_fragment(data, False)
         elif opcode is BINARY:
             if event.fin:
                 self._deliver(data if type(data) is bytes else bytes(data))
             else:
-                self._fragments = bytearray(data)
+                self._assembler = Assembler(is_text=False)
+                self._add_fragment(data, False)
         elif opcode is CONT:
-            buffer = self._fragments
-            if type(buffer) is bytearray:
-                buffer += data
-                if event.fin:
-                    self._fragments = None
-                    self._deliver(bytes(buffer))
-            else:
-                self._append_text(data, event.fin)
+            self._add_fragment(data, event.fin)
         elif opcode is PONG:
             self._acknowledge(bytes(data))
         elif opcode is CLOSE:
             # A close frame may interrupt a fragmented message (RFC 6455 §5.4):
             # the partial message is dropped and the close answered normally.
-            self._fragments = None
-            self._decoder = None
+            self._assembler = None
 
-    def _append_text(self, data: bytes | bytearray, fin: bool) -> None:
-        decoder, buffer = self._decoder, self._fragments
-        assert decoder is not None and isinstance(buffer, io.StringIO)
+    def _add_fragment(self, data: bytes | bytearray, fin: bool) -> None:
+        assembler = self._assembler
+        assert assembler is not None  # the Sans-I/O layer checks the frames' order
         try:
-            buffer.write(decoder.decode(data, fin))
-        except UnicodeDecodeError as exc:
+            message = assembler.add(data, fin)
+        except InvalidUTF8 as exc:
             self._invalid_utf8(exc)
             return
-        if fin:
-            self._fragments = self._decoder = None
-            self._deliver(buffer.getvalue())
+        if message is not None:
+            self._assembler = None
+            self._deliver(message)
 
-    def _invalid_utf8(self, exc: UnicodeDecodeError) -> None:
-        self._fragments = self._decoder = None
-        self.fail(1007, f"invalid UTF-8: {exc.reason}")
+    def _invalid_utf8(self, exc: InvalidUTF8) -> None:
+        self._assembler = None
+        self.fail(1007, str(exc))
 
     def _deliver(self, message: str | bytes) -> None:
         consumer = self._consumer
@@ -728,7 +718,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._lost:
             return
         self._failed = True
-        self._fragments = self._decoder = None
+        self._assembler = None
         self.protocol.fail(code, reason)
         self.flush()
         self._arm_close_timer()
