@@ -55,6 +55,8 @@ def test_the_core_never_imports_the_facade_or_the_app(path: Path) -> None:
     assert not any(n.startswith(("embedws.sync", "embedws.app")) for n in found), found
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "sync").glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((PACKAGE / "sync").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE))
+)
 def test_the_facade_never_imports_the_app(path: Path) -> None:
     assert not any(n.startswith("embedws.app") for n in imports_of(path))
