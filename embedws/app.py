@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from .aio.server import Server as AsyncServer
 from .config import Config
 from .errors import RouteError
 from .routing import Route, RouteKind, Router, hosts_tuple, make_uri
+from .static import StaticFiles
 from .sync.runner import GreenletRunner, ThreadHookRunner, ThreadRunner
 from .sync.server import Server, start
 from .sync.server import run as run_server
@@ -144,6 +146,58 @@ class _RouteTable:
     ) -> Any:
         """Register an HTTP handler; the options are those of :meth:`route`."""
         return self._register("http", handler, uri, methods=methods, **options)
+
+    def static(
+        self,
+        uri: str,
+        file_or_directory: str | os.PathLike[str],
+        *,
+        name: str = "static",
+        index: str | None = "index.html",
+        follow_external_symlinks: bool = False,
+        cache_control: str | None = "no-cache",
+        content_type: str | None = None,
+        host: str | Sequence[str] | None = None,
+        strict_slashes: bool | None = None,
+        version: int | str | float | None = None,
+        version_prefix: str = "/v",
+    ) -> None:
+        """Serve a folder (or one file) under ``uri``: a web UI's pages, scripts, images.
+
+        ``GET uri/<path>`` serves the file at ``path`` inside the folder, and
+        ``GET uri/`` its ``index``; anything that would leave the folder
+        (``..``, backslashes, absolute paths, symlinks pointing outside unless
+        ``follow_external_symlinks``) gets 404 with no detail. Files are
+        streamed with ``ETag``, ``Last-Modified``, 304 and ``Range`` answers;
+        ``cache_control`` is their ``Cache-Control`` (default ``"no-cache"``:
+        browsers revalidate, so a changed file shows at once). ``HEAD`` works.
+        ``url_for(name, path="app.js")`` builds a file's URL.
+
+        Raises:
+            FileNotFoundError: ``file_or_directory`` does not exist.
+        """
+        handler = StaticFiles(
+            file_or_directory,
+            index=index,
+            follow_external_symlinks=follow_external_symlinks,
+            cache_control=cache_control,
+            content_type=content_type,
+        )
+        options: dict[str, Any] = {
+            "methods": ("GET",),
+            "host": host,
+            "strict_slashes": strict_slashes,
+            "name": name,
+            "version": version,
+            "version_prefix": version_prefix,
+        }
+        if handler.is_file:
+            self._register("http", handler, uri, **options)
+            return
+        base = uri.rstrip("/")
+        # The parameter route first: url_for(name, path=...) builds a file's URL.
+        self._register("http", handler, base + "/<path:path>", **options)
+        self._register("http", handler, base or "/", **options)
 
     def get(self, uri: str, **options: Any) -> Callable[[_F], _F]:
         """:meth:`route` for GET (and HEAD)."""

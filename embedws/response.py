@@ -6,28 +6,37 @@ response in any thread; it is sent by the event loop.
 
 from __future__ import annotations
 
+import email.utils
 import html as htmllib
 import json as jsonlib
+import logging
 import mimetypes
 import os
+import stat as statlib
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import NotFound
 from .request import Headers
 
 __all__ = [
+    "UNSATISFIABLE",
+    "FilePlan",
+    "FileResponse",
     "HTTPResponse",
     "empty",
     "error_response",
     "file",
     "html",
+    "parse_range",
     "json",
     "raw",
     "redirect",
     "text",
 ]
+
+logger = logging.getLogger("embedws.server")
 
 HeadersLike = Mapping[str, str] | Headers | Iterable[tuple[str, str]] | None
 
@@ -120,27 +129,169 @@ def file(
     *,
     mime_type: str | None = None,
     filename: str | None = None,
-) -> HTTPResponse:
+    cache_control: str | None = None,
+) -> FileResponse:
     """A response with a file's content, its type guessed from its name.
 
-    The file is read when this is called: call it from a sync handler (which
-    runs off the event loop) for large files.
+    The file is not read here: the event loop streams it in chunks when it
+    sends the response (constant memory per download), with ``ETag`` and
+    ``Last-Modified``, answering conditional requests with 304 and ``Range``
+    requests with 206 (or 416).
+
+    Args:
+        path: the file.
+        status: the status of a whole-file answer.
+        headers: more headers.
+        mime_type: the ``Content-Type`` (default: guessed from the name).
+        filename: offer the file as a download with this name.
+        cache_control: a ``Cache-Control`` header value (``"no-cache"``...).
 
     Raises:
-        NotFound: there is no such file.
+        NotFound: there is no such file, or it is not a regular file. The
+            answer names no path; the path goes to the log at DEBUG.
     """
     try:
-        with open(path, "rb") as handle:
-            content = handle.read()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-        raise NotFound(f"file not found: {os.fspath(path)}") from exc
+        stat = os.stat(path)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        logger.debug("no file to send at %s: %s", os.fspath(path), exc)
+        raise NotFound("file not found") from None
+    if not statlib.S_ISREG(stat.st_mode):
+        logger.debug("not a regular file: %s", os.fspath(path))
+        raise NotFound("file not found")
     guessed = mime_type or mimetypes.guess_type(os.fspath(path))[0] or "application/octet-stream"
     if guessed.startswith("text/") and "charset" not in guessed:
         guessed += "; charset=utf-8"
-    response = HTTPResponse(content, status, headers, guessed)
+    response = FileResponse(
+        os.fspath(path), stat.st_size, stat.st_mtime_ns, status, headers, guessed
+    )
     if filename is not None:
         response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    if cache_control is not None:
+        response.headers["Cache-Control"] = cache_control
     return response
+
+
+class FileResponse(HTTPResponse):
+    """A file's content, streamed from disk by the event loop when sent.
+
+    ``body`` is empty: the bytes are read in chunks as the client takes them.
+    :meth:`plan` decides what to send for a request (200, 206, 304 or 416).
+    Made by :func:`file`. Thread contract: as :class:`HTTPResponse`.
+    """
+
+    __slots__ = ("etag", "last_modified", "mtime_ns", "path", "size")
+
+    def __init__(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        status: int = 200,
+        headers: HeadersLike = None,
+        content_type: str | None = None,
+    ) -> None:
+        super().__init__(b"", status, headers, content_type)
+        self.path = path
+        self.size = size
+        self.mtime_ns = mtime_ns
+        # A strong validator: the same file changes size or time when it changes.
+        self.etag = f'"{mtime_ns:x}-{size:x}"'
+        self.last_modified = email.utils.formatdate(mtime_ns / 1e9, usegmt=True)
+
+    def plan(self, method: str, request_headers: Headers) -> FilePlan:
+        """What to send for this request: status, headers, and which bytes."""
+        validators = [
+            ("ETag", self.etag),
+            ("Last-Modified", self.last_modified),
+            ("Accept-Ranges", "bytes"),
+        ]
+        if self.status == 200 and _not_modified(self, request_headers):
+            return FilePlan(304, validators, 0, 0)
+        ranged = request_headers.get("range")
+        if self.status == 200 and method == "GET" and ranged is not None:
+            if_range = request_headers.get("if-range")
+            if if_range is None or if_range.strip() in (self.etag, self.last_modified):
+                wanted = parse_range(ranged, self.size)
+                if wanted is UNSATISFIABLE:
+                    return FilePlan(
+                        416, [*validators, ("Content-Range", f"bytes */{self.size}")], 0, 0
+                    )
+                if isinstance(wanted, tuple):
+                    start, end = wanted
+                    content_range = f"bytes {start}-{end}/{self.size}"
+                    return FilePlan(
+                        206, [*validators, ("Content-Range", content_range)], start, end - start + 1
+                    )
+        return FilePlan(self.status, validators, 0, self.size)
+
+    def __repr__(self) -> str:
+        return f"<FileResponse {self.status} {self.size} bytes>"
+
+
+class FilePlan(NamedTuple):
+    """What :meth:`FileResponse.plan` decided: send ``length`` bytes from ``offset``."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    offset: int
+    length: int
+
+
+#: What :func:`parse_range` returns for a range that no byte of the file satisfies.
+UNSATISFIABLE = "unsatisfiable"
+
+
+def parse_range(value: str, size: int) -> tuple[int, int] | str | None:
+    """The byte range ``(first, last)`` (inclusive) a ``Range`` header asks of ``size`` bytes.
+
+    Returns:
+        The range; :data:`UNSATISFIABLE` when no byte of it exists (416);
+        ``None`` when the header is to be ignored (not ``bytes=``, malformed,
+        or several ranges, which this server answers with the whole file, as
+        RFC 9110 §14.2 allows).
+    """
+    unit, _, spec = value.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        return None
+    if first == "":
+        if last == "":
+            return None
+        suffix = int(last)  # the last N bytes
+        if suffix == 0 or size == 0:
+            return UNSATISFIABLE
+        return max(size - suffix, 0), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None  # malformed
+    if start >= size:
+        return UNSATISFIABLE
+    return start, min(end, size - 1)
+
+
+def _not_modified(response: FileResponse, request_headers: Headers) -> bool:
+    """RFC 9110 §13.1.2 and §13.1.3: If-None-Match first, else If-Modified-Since."""
+    if_none_match = request_headers.get("if-none-match")
+    if if_none_match is not None:
+        if if_none_match.strip() == "*":
+            return True
+        # Weak comparison: W/"x" matches "x".
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return response.etag in tags
+    if_modified_since = request_headers.get("if-modified-since")
+    if if_modified_since is not None:
+        try:
+            since = email.utils.parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        if since.tzinfo is None:
+            return False
+        return response.mtime_ns // 10**9 <= int(since.timestamp())
+    return False
 
 
 def _compact_dumps(value: Any) -> str:

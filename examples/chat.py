@@ -29,10 +29,11 @@ import argparse
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import embedws
-from embedws.response import HTTPResponse, html
+from embedws.response import HTTPResponse
 from embedws.response import json as json_response
 
 logger = logging.getLogger("examples.chat")
@@ -41,80 +42,7 @@ logger = logging.getLogger("examples.chat")
 #: flooding the others' screens).
 MAX_TEXT = 2000
 
-PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>embedws chat</title>
-<style>
-  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; }
-  #messages { list-style: none; border: 1px solid #ccc; min-height: 14rem; padding: .5rem; }
-  #messages .system { color: #666; font-style: italic; } #messages .error { color: #b00; }
-  #status.open { color: green; } #status.closed { color: #b00; }
-</style>
-</head>
-<body>
-<h1>embedws chat</h1>
-<form id="join-form">
-  <label>Room <input id="room" value="lobby" autocomplete="off"></label>
-  <button id="join" type="submit">Join</button>
-  <span id="status">not connected</span>
-</form>
-<ul id="messages"></ul>
-<form id="send-form">
-  <input id="message" autocomplete="off" placeholder="Type a message" disabled>
-  <button id="send" type="submit" disabled>Send</button>
-</form>
-<script>
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const $ = (id) => document.getElementById(id);
-  let ws = null;
-  function line(text, cls) {
-    const li = document.createElement("li");
-    li.textContent = text;   // never innerHTML: the text comes from other users
-    li.className = cls;
-    $("messages").appendChild(li);
-  }
-  function setStatus(text, cls) { $("status").textContent = text; $("status").className = cls; }
-  $("join-form").onsubmit = (e) => {
-    e.preventDefault();
-    const room = $("room").value.trim();
-    if (!room) return;
-    if (ws) ws.close();
-    $("messages").replaceChildren();
-    const sock = new WebSocket(`${scheme}://${location.host}/ws/chat/${encodeURIComponent(room)}`);
-    ws = sock;
-    sock.onopen = () => {
-      setStatus(`in ${room}`, "open");
-      $("message").disabled = $("send").disabled = false;
-      $("message").focus();
-    };
-    sock.onclose = (e) => {
-      if (ws !== sock) return;   // an earlier room's socket closing
-      setStatus(`closed (${e.code})`, "closed");
-      $("message").disabled = $("send").disabled = true;
-    };
-    sock.onmessage = (e) => {
-      const m = JSON.parse(e.data);
-      if (m.type === "chat") line(`${m.from}: ${m.text}`, "chat");
-      else if (m.type === "welcome") line(`you are ${m.client_id} in ${m.room}`, "system");
-      else if (m.type === "join") line(`${m.client_id} joined`, "system");
-      else if (m.type === "leave") line(`${m.client_id} left`, "system");
-      else if (m.type === "error") line(`error: ${m.message}`, "error");
-    };
-  };
-  $("send-form").onsubmit = (e) => {
-    e.preventDefault();
-    const text = $("message").value;
-    if (text && ws && ws.readyState === WebSocket.OPEN) {
-      ws.send(JSON.stringify({type: "chat", text}));
-      $("message").value = "";
-    }
-  };
-</script>
-</body>
-</html>
-"""
+PAGES = Path(__file__).resolve().parent / "pages" / "chat"  # index.html and its friends
 
 
 def client_id_of(ws: Any) -> str:
@@ -149,9 +77,7 @@ def make_app(use_async: bool = False) -> embedws.App:
     """The chat app: ``GET /`` (the page), ``GET /api/rooms``, ``/ws/chat/<room_id>``."""
     app = embedws.App("chat")
 
-    @app.route("/")
-    def index(request: Any) -> HTTPResponse:
-        return html(PAGE)
+    app.static("/", PAGES)  # GET / serves pages/chat/index.html
 
     @app.get("/api/rooms")
     def rooms(request: Any) -> HTTPResponse:

@@ -13,66 +13,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 import embedws
-from embedws.response import HTTPResponse, html
 
-PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>embedws echo</title>
-<style>
-  body { font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; }
-  #log { border: 1px solid #ccc; min-height: 12rem; padding: .5rem; white-space: pre-wrap; }
-  #status.open { color: green; } #status.closed { color: #b00; }
-</style>
-</head>
-<body>
-<h1>embedws echo</h1>
-<p>Status: <span id="status">connecting…</span></p>
-<form id="form">
-  <input id="message" autocomplete="off" placeholder="Type a message" autofocus>
-  <button type="submit">Send</button>
-</form>
-<div id="log"></div>
-<script>
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws`);
-  const status = document.getElementById("status");
-  const log = document.getElementById("log");
-  function line(text, cls) {
-    const div = document.createElement("div");
-    div.textContent = text;
-    div.className = cls;
-    log.appendChild(div);
-  }
-  ws.onopen = () => { status.textContent = "open"; status.className = "open"; };
-  ws.onclose = (e) => { status.textContent = `closed (${e.code})`; status.className = "closed"; };
-  ws.onmessage = (e) => line(`< ${e.data}`, "received");
-  document.getElementById("form").onsubmit = (e) => {
-    e.preventDefault();
-    const input = document.getElementById("message");
-    if (input.value && ws.readyState === WebSocket.OPEN) {
-      ws.send(input.value);
-      line(`> ${input.value}`, "sent");
-      input.value = "";
-    }
-  };
-</script>
-</body>
-</html>
-"""
+PAGES = Path(__file__).resolve().parent / "pages" / "echo"  # index.html and its friends
 
 
 def make_app(use_async: bool = False) -> embedws.App:
     """The echo app: ``GET /`` serves the page, ``/ws`` echoes every message."""
     app = embedws.App("echo")
 
-    @app.route("/")
-    def index(request: Any) -> HTTPResponse:
-        return html(PAGE)
+    app.static("/", PAGES)  # GET / serves pages/echo/index.html
 
     if use_async:
 

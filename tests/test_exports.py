@@ -15,6 +15,8 @@ MODULES = [
     "embedws.request",
     "embedws.routing",
     "embedws.security",
+    "embedws.static",
+    "embedws.assembler",
     "embedws.message",
     "embedws.aio",
     "embedws.aio.client",

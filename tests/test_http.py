@@ -144,8 +144,9 @@ def test_response_helpers(server: Any, tmp_path: Path) -> None:
     assert response.getheader("Content-Length") is None
     target = tmp_path / "page.css"
     target.write_text("body{}")
-    served = file(target)
-    assert served.body == b"body{}" and served.content_type == "text/css; charset=utf-8"
+    served = file(target)  # streamed when sent: nothing read yet
+    assert served.body == b"" and served.size == 6
+    assert served.content_type == "text/css; charset=utf-8"
     with pytest.raises(NotFound):
         file(tmp_path / "missing.txt")
 

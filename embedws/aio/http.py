@@ -38,7 +38,8 @@ import asyncio
 import email.utils
 import logging
 import time
-from typing import TYPE_CHECKING
+from http import HTTPStatus
+from typing import TYPE_CHECKING, BinaryIO
 
 import h11
 from websockets.datastructures import Headers as WSHeaders
@@ -48,7 +49,7 @@ from websockets.http11 import Response as WSResponse
 from ..errors import BadRequest, HTTPException, NotFound
 from ..handshake import is_upgrade, refuse_cross_site, refuse_upgrade
 from ..request import Request, check_head
-from ..response import HTTPResponse, error_response
+from ..response import FileResponse, HTTPResponse, error_response
 from ..routing import Route
 from ..security import host_allowed
 
@@ -59,6 +60,9 @@ __all__ = ["HTTPConnection"]
 
 logger = logging.getLogger("embedws.server")
 
+#: Bytes of a file read and written at a time: constant memory per download.
+FILE_CHUNK = 256 * 1024
+
 _date_cache: tuple[int, bytes] = (0, b"")
 
 
@@ -68,6 +72,15 @@ def _http_date() -> bytes:
     if _date_cache[0] != now:
         _date_cache = (now, email.utils.formatdate(now, usegmt=True).encode())
     return _date_cache[1]
+
+
+def _upgrade_required(error_format: str | None) -> HTTPResponse:
+    response = error_response(
+        426, "this URL is a websocket endpoint: connect with a websocket client", error_format
+    )
+    response.headers["Upgrade"] = "websocket"
+    response.headers["Connection"] = "Upgrade"
+    return response
 
 
 class HTTPConnection(asyncio.BufferedProtocol):
@@ -97,6 +110,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self._write_timer: asyncio.TimerHandle | None = None
         self._writing_paused = False
         self._drain_then_continue = False  # the next request waits for the answer to drain
+        self._drained: asyncio.Future[None] | None = None  # a file's next chunk waits
         self._task: asyncio.Task[None] | None = None
         self._detached = False
 
@@ -139,6 +153,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        self._wake_drained()
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
@@ -269,15 +284,11 @@ class HTTPConnection(asyncio.BufferedProtocol):
             route, params = server.router.find(request.path, request.host, "http", request.method)
         except NotFound:
             if server.router.has_kind(request.path, request.host, "websocket"):
-                response = error_response(
-                    426,
-                    "this URL is a websocket endpoint: connect with a websocket client",
-                    server.error_format,
-                )
-                response.headers["Upgrade"] = "websocket"
-                response.headers["Connection"] = "Upgrade"
-                return response, False
+                return _upgrade_required(server.error_format), False
             raise
+        # A websocket endpoint comes before a catch-all such as app.static("/", ...).
+        if route.params and server.router.has_kind(request.path, request.host, "websocket"):
+            return _upgrade_required(server.error_format), False
         request.route, request.match_info = route, params
         early = await server.run_request_middleware(request)
         if early is not None:
@@ -341,6 +352,9 @@ class HTTPConnection(asyncio.BufferedProtocol):
         if transport is None or transport.is_closing():
             return
         response = await self.server.run_response_middleware(request, response)
+        if isinstance(response, FileResponse):
+            await self._send_file(request, response, close=close)
+            return
         conn = self._h11
         close = close or self.server.closing
         status = response.status
@@ -364,6 +378,11 @@ class HTTPConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         transport.write(data or b"")
+        self._after_response(close)
+
+    def _after_response(self, close: bool) -> None:
+        """The answer is written: close, or read the next request."""
+        conn = self._h11
         if close or conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
             self._close()
             return
@@ -376,6 +395,84 @@ class HTTPConnection(asyncio.BufferedProtocol):
             self._drain_then_continue = True
             return
         self._next_request()
+
+    async def _send_file(self, request: Request, response: FileResponse, *, close: bool) -> None:
+        """Send a file, streamed in chunks as the client takes them (constant memory).
+
+        The file is read on a hook thread (off the loop), a chunk at a time;
+        the next chunk is read only once the transport's buffer has drained
+        below its limit, and a client that stops reading is dropped by the
+        write timer, as for any answer.
+        """
+        transport = self.transport
+        assert transport is not None
+        server = self.server
+        close = close or server.closing
+        plan = response.plan(request.method, request.headers)
+        handle: BinaryIO | None = None
+        if plan.length and request.method != "HEAD":
+            try:
+                opened: BinaryIO = await server.run_blocking(open, response.path, "rb")
+                handle = opened
+                if plan.offset:
+                    await server.run_blocking(opened.seek, plan.offset)
+            except OSError as exc:  # gone, or unreadable, since it was found
+                if handle is not None:
+                    handle.close()
+                logger.debug("cannot send %s: %s", response.path, exc)
+                await self._send(
+                    request,
+                    error_response(404, "file not found", self._format(request.route)),
+                    close=close,
+                )
+                return
+        headers = [*response.headers.encode()]
+        headers += [(name.encode(), value.encode("latin-1")) for name, value in plan.headers]
+        if plan.status != 304:
+            headers.append((b"content-length", str(plan.length).encode()))
+        headers.append((b"date", _http_date()))
+        if close:
+            headers.append((b"connection", b"close"))
+        conn = self._h11
+        try:
+            status_line = h11.Response(
+                status_code=plan.status, headers=headers, reason=HTTPStatus(plan.status).phrase
+            )
+            transport.write(conn.send(status_line) or b"")
+            if handle is not None and not await self._stream(handle, plan.length):
+                return  # the client went, or the file shrank: the connection is closed
+            transport.write(conn.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError as exc:
+            logger.error("cannot send the file for %s %s: %s", request.method, request.path, exc)
+            transport.abort()
+            return
+        finally:
+            if handle is not None:
+                handle.close()
+        self._after_response(close)
+
+    async def _stream(self, handle: BinaryIO, length: int) -> bool:
+        """Write ``length`` bytes of ``handle``; False if the connection ended first."""
+        transport = self.transport
+        assert transport is not None
+        remaining = length
+        while remaining:
+            chunk = await self.server.run_blocking(handle.read, min(FILE_CHUNK, remaining))
+            if transport.is_closing():
+                return False
+            if not chunk:
+                logger.warning("a file shrank while it was sent; closing the connection")
+                transport.abort()
+                return False
+            for piece in self._h11.send_with_data_passthrough(h11.Data(data=chunk)) or ():
+                transport.write(piece)
+            remaining -= len(chunk)
+            if self._writing_paused:
+                drained = self._drained = self.server.loop.create_future()
+                await drained
+            if transport.is_closing():
+                return False
+        return True
 
     def _next_request(self) -> None:
         transport = self.transport
@@ -401,9 +498,15 @@ class HTTPConnection(asyncio.BufferedProtocol):
         if self._write_timer is not None:
             self._write_timer.cancel()
             self._write_timer = None
+        self._wake_drained()
         if self._drain_then_continue:
             self._drain_then_continue = False
             self._next_request()
+
+    def _wake_drained(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     def _write_timed_out(self) -> None:
         # Also after close(): a transport closes only once its buffer is sent.

@@ -26,7 +26,7 @@ import logging
 import socket
 import ssl as ssl_module
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from websockets.extensions.permessage_deflate import enable_server_permessage_deflate
 from websockets.protocol import OPEN
@@ -49,6 +49,8 @@ from .runner import HandlerRunner, HookRunner, is_async_callable
 __all__ = ["ServedApp", "Server", "serve"]
 
 logger = logging.getLogger("embedws.server")
+
+_R = TypeVar("_R")
 
 _SAME_PORT_ATTEMPTS = 5  # binds of a host list on one free port, before giving up
 
@@ -402,6 +404,12 @@ class Server:
         emptied = self._emptied
         if emptied is not None and not emptied.done() and not self._websockets and not self._http:
             emptied.set_result(None)
+
+    async def run_blocking(self, fn: Callable[..., _R], *args: Any) -> _R:
+        """Run ``fn(*args)`` (file I/O) on a hook thread, off the loop; its result."""
+        assert self._hooks is not None
+        result: _R = await self._hooks.call(fn, *args, reserved=True)
+        return result
 
     async def _call_hook(self, hook: _Hook, *args: Any, reserved: bool = False) -> Any:
         """Run a middleware or listener where it belongs; its result."""
