@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import harness
-from servers import KINDS
+from servers import ALL_KINDS, KINDS
 
 REFERENCE = "websockets-asyncio"
 GOAL_CPU = 0.7  # embedws-async CPU per message, times websockets-asyncio's
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--kinds",
         default=",".join(KINDS),
-        help=f"comma-separated server kinds (default: all: {','.join(KINDS)})",
+        help=f"comma-separated server kinds, of {','.join(ALL_KINDS)} (default: {','.join(KINDS)})",
     )
     parser.add_argument("--connections", type=int, default=50, help="echo connections")
     parser.add_argument(
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.seconds, args.warmup, args.repeat, args.settle = 0.7, 0.2, 2, 0.5
         args.idle = min(args.idle, 200)
-    args.kinds = harness.parse_names(parser, "kinds", args.kinds, KINDS)
+    args.kinds = harness.parse_names(parser, "kinds", args.kinds, ALL_KINDS)
     args.sizes = harness.parse_ints(args.sizes)
     return args
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import os
 import signal
@@ -26,6 +27,9 @@ KINDS = (
     "websockets-asyncio",
     "websockets-sync",
 )
+# Other libraries, for the benchmarks that name them (not in the echo benchmarks' defaults).
+OTHER_KINDS = ("aiohttp",)
+ALL_KINDS = KINDS + OTHER_KINDS
 
 # Room for --idle 10000 (and the sync kinds' one thread per connection).
 _MAX_CONNECTIONS = 50_000
@@ -120,12 +124,19 @@ def serve_embedws(mode: str) -> None:
     server.wait()
 
 
+# The websockets handlers end quietly when the peer vanishes, as embedws's and aiohttp's
+# loops do: uncaught, websockets logs ConnectionClosedError with a traceback for each
+# connection reset (handshake.py --close rst), and the row would measure that logging.
+
+
 def serve_websockets_asyncio() -> None:
     from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosedError
 
     async def echo(ws: ServerConnection) -> None:
-        async for message in ws:
-            await ws.send(message)
+        with contextlib.suppress(ConnectionClosedError):
+            async for message in ws:
+                await ws.send(message)
 
     async def main() -> None:
         async with serve(echo, "127.0.0.1", 0, ping_interval=None, compression=None) as server:
@@ -136,20 +147,49 @@ def serve_websockets_asyncio() -> None:
 
 
 def serve_websockets_sync() -> None:
+    from websockets.exceptions import ConnectionClosedError
     from websockets.sync.server import ServerConnection, serve
 
     def echo(ws: ServerConnection) -> None:
-        for message in ws:
-            ws.send(message)
+        with contextlib.suppress(ConnectionClosedError):
+            for message in ws:
+                ws.send(message)
 
     with serve(echo, "127.0.0.1", 0, ping_interval=None, compression=None) as server:
         _announce(server.socket.getsockname()[1])
         server.serve_forever()
 
 
+def serve_aiohttp() -> None:
+    from aiohttp import WSMsgType, web
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=None, compress=False)
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                await ws.send_str(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await ws.send_bytes(message.data)
+        return ws
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/", echo)
+        # No access log: the other servers log nothing per connection either.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        _announce(runner.addresses[0][1])
+        await asyncio.Event().wait()  # until SIGTERM (_exit_on_signal)
+
+    asyncio.run(main())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=KINDS, required=True)
+    parser.add_argument("--kind", choices=ALL_KINDS, required=True)
     parser.add_argument("--profile", metavar="FILE", help="write cProfile stats here on exit")
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this long")
     parser.add_argument("--cpus", help="pin the process to these CPUs, e.g. '0'")
@@ -174,6 +214,8 @@ def main() -> None:
         serve_embedws(args.kind.removeprefix("embedws-"))
     elif args.kind == "websockets-asyncio":
         serve_websockets_asyncio()
+    elif args.kind == "aiohttp":
+        serve_aiohttp()
     else:
         serve_websockets_sync()
 
