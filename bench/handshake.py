@@ -7,7 +7,7 @@ replaced by the next); see ``bench/README.md``.
 
     python bench/handshake.py                   # defaults, about 2 minutes
     python bench/handshake.py --quick           # smoke run, about 1 minute
-    python bench/handshake.py --close frame --kinds embedws-async,websockets-asyncio
+    python bench/handshake.py --baseline ../old-checkout --close frame
 """
 
 from __future__ import annotations
@@ -65,12 +65,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=2, help="batches of the RSS check")
     parser.add_argument("--settle", type=float, default=0.5, help="seconds before reading RSS")
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU test")
+    harness.add_baseline_option(parser)
     harness.add_run_options(parser, "short smoke run (~1 min)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.repeat, args.settle = 0.7, 0.2, 2, 0.3
     args.kinds = harness.parse_names(parser, "kinds", args.kinds, ALL_KINDS)
     args.close = harness.parse_names(parser, "close modes", args.close, CLOSE_MODES)
+    args.baseline = harness.check_baseline(parser, args.baseline)
     if args.inflight < args.clients:
         parser.error("--inflight must be at least --clients")
     return args
@@ -89,7 +91,10 @@ def measure_cpu(
 ) -> list[dict[str, Any]]:
     """All servers at once; per close mode, ``--repeat`` rounds that visit each server in turn."""
     rows: list[dict[str, Any]] = []
-    with harness.fleet(args.kinds, placement, args.clients, args.client_loop) as servers:
+    kinds = harness.with_baseline(args.kinds, args.baseline)
+    with harness.fleet(
+        kinds, placement, args.clients, args.client_loop, baseline=args.baseline
+    ) as servers:
         for close in args.close:
             load = harness.HandshakeLoad(args.seconds, args.inflight, close)
             windows = harness.measure_rounds(
@@ -114,7 +119,9 @@ def measure_leak(
 
     Every connection of a batch is closed (closing handshake) before the reading.
     """
-    with harness.running(kind, placement, args.clients, loop=args.client_loop) as (server, load):
+    with harness.running(
+        kind, placement, args.clients, loop=args.client_loop, baseline=args.baseline
+    ) as (server, load):
 
         def batch(count: int, label: str) -> None:
             work = harness.HandshakeLoad(0.0, args.inflight, "frame", count, latency=False)
@@ -152,7 +159,7 @@ def measure_leak(
     }
 
 
-def cpu_table(rows: list[dict[str, Any]], repeat: int) -> str:
+def cpu_table(rows: list[dict[str, Any]], repeat: int, baseline: bool) -> str:
     reference = {r["close"]: r for r in rows if r["kind"] == REFERENCE}
     headers = [
         "close",
@@ -171,6 +178,8 @@ def cpu_table(rows: list[dict[str, Any]], repeat: int) -> str:
         "vs ws-asyncio",
         "best vs ws",
     ]
+    if baseline:
+        headers += ["vs base", "best vs base", "p99 vs base"]
     out = []
     for row in rows:
         ref = reference.get(row["close"])
@@ -191,6 +200,11 @@ def cpu_table(rows: list[dict[str, Any]], repeat: int) -> str:
             harness.vs(row, ref, "us_per_hs"),
             harness.vs(row, ref, "best_us_per_hs"),
         ]
+        if baseline:
+            cells += [
+                harness.vs_base(row, rows, ["close"], key)
+                for key in ("us_per_hs", "best_us_per_hs", "p99_us")
+            ]
         out.append(cells)
     return harness.table(headers, out, set(range(2, len(headers))))
 
@@ -261,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_rows = measure_cpu(args, run.placement, run.issues)
     if args.leak > 0:
         harness.progress(f"leak check: {args.batches} x {args.leak:,} handshakes per server")
-        for kind in args.kinds:
+        for kind in harness.with_baseline(args.kinds, args.baseline):
             leak_rows.append(measure_leak(kind, args, run.placement, run.issues))
 
     run.print_environment()
@@ -272,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             f"server and close mode, {run.placement.describe()}); latency: request sent → "
             "101 read"
         )
-        print(cpu_table(cpu_rows, args.repeat))
+        print(cpu_table(cpu_rows, args.repeat, args.baseline is not None))
         print()
     if leak_rows:
         print(
@@ -284,12 +298,27 @@ def main(argv: list[str] | None = None) -> int:
     goal_rows = goals(cpu_rows)
     if goal_rows:
         harness.print_goals(goal_rows)
+    checks: list[dict[str, Any]] = []
+    if args.baseline is not None and cpu_rows:
+        checks = harness.baseline_checks(
+            cpu_rows,
+            ["close"],
+            [
+                ("CPU/handshake", "us_per_hs"),
+                ("CPU/handshake best", "best_us_per_hs"),
+                ("p50", "p50_us"),
+                ("p99", "p99_us"),
+            ],
+            lambda row: f"close={row['close']}",
+        )
+        harness.print_baseline(checks, args.baseline)
     run.finish(
         "handshake",
-        "kinds inflight close seconds warmup repeat clients leak batches settle",
+        "kinds inflight close seconds warmup repeat clients leak batches settle baseline",
         handshakes=cpu_rows,
         leak=leak_rows,
         goals=goal_rows,
+        baseline_checks=checks,
     )
     return 0
 

@@ -32,6 +32,8 @@ PYTHON = sys.executable
 SERVER_SCRIPT = HERE / "servers.py"
 CLIENT_SCRIPT = HERE / "loadclient.py"
 CONNECTIONS_PER_CLIENT = 10_000  # well under the 20,000 open files a process may have
+# "embedws-async@base": the embedws-async server, with embedws imported from --baseline DIR.
+BASE = "@base"
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,11 @@ class ServerProcess:
 
     ``script`` is ``servers.py`` unless told otherwise; with ``commands`` the
     server also takes JSON commands on stdin and answers each with a JSON line
-    (:meth:`command`), after its ``PORT n`` line.
+    (:meth:`command`), after its ``PORT n`` line. A ``kind`` ending in ``@base``
+    runs that kind with embedws imported from ``baseline`` (another checkout):
+    ``PYTHONPATH=baseline``, and ``servers.py --embedws-from`` refuses to start
+    if the import came from anywhere else. ``embedws_origin``: the folder the
+    server imported embedws from, as it said (None for the other libraries).
     """
 
     def __init__(
@@ -143,13 +149,21 @@ class ServerProcess:
         *,
         script: Path = SERVER_SCRIPT,
         commands: bool = False,
+        baseline: Path | None = None,
     ) -> None:
         self.kind = kind
         self.stderr_path = Path(tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".log")[1])
-        args = [PYTHON, str(script), "--kind", kind, "--lifetime", str(lifetime)]
+        args = [PYTHON, str(script), "--kind", kind.removesuffix(BASE), "--lifetime", str(lifetime)]
         args += _pin_args(cpus)
         if profile:
             args += ["--profile", profile]
+        env = None
+        if kind.endswith(BASE):
+            if baseline is None:
+                raise ValueError(f"{kind}: a baseline kind needs the baseline checkout")
+            # First on the path, before the editable install of this checkout.
+            env = {**os.environ, "PYTHONPATH": str(baseline)}
+            args += ["--embedws-from", str(baseline)]
         with self.stderr_path.open("wb") as stderr:
             self.proc = subprocess.Popen(
                 args,
@@ -157,7 +171,9 @@ class ServerProcess:
                 stderr=stderr,
                 stdin=subprocess.PIPE if commands else subprocess.DEVNULL,
                 text=True,
+                env=env,
             )
+        self.embedws_origin: str | None = None
         self.port = self._read_port(timeout=30)
         self.ps = psutil.Process(self.proc.pid)
         self._replies: queue.Queue[str] = queue.Queue()
@@ -193,7 +209,12 @@ class ServerProcess:
         if not line.startswith("PORT "):
             self.stop()
             raise RuntimeError(f"{self.kind} server failed: {line!r} {self.stderr_tail()}")
-        return int(line.split()[1])
+        _, port, *extra = line.split()
+        for item in extra:
+            name, _, value = item.partition("=")
+            if name == "embedws":
+                self.embedws_origin = value
+        return int(port)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the whole process (all its threads)."""
@@ -526,6 +547,8 @@ class Issues:
 
     noisy: list[tuple[float, str]] = field(default_factory=list)
     windows: int = 0
+    # Where each embedws server imported embedws from (kind: folder), for the output's head.
+    origins: dict[str, str] = field(default_factory=dict)
 
     def add(self, text: str) -> None:
         self.items.append(text)
@@ -550,6 +573,16 @@ class Issues:
         return items
 
     def check_server(self, server: ServerProcess) -> None:
+        origin = server.embedws_origin
+        if origin is not None:
+            self.origins[server.kind] = origin
+            # The @base servers check their own origin; the others should be this
+            # checkout's, which they are not when run with another checkout's venv.
+            if not server.kind.endswith(BASE) and Path(origin) != HERE.parent / "embedws":
+                self.add(
+                    f"{server.kind} imported embedws from {origin}, not from this checkout "
+                    f"({HERE.parent}): its figures are that code's"
+                )
         if not server.alive():
             self.add(f"{server.kind}: server process died (exit {server.proc.returncode})")
         lines = server.stderr_lines()
@@ -590,13 +623,21 @@ def running(
     server_script: Path = SERVER_SCRIPT,
     client_script: Path = CLIENT_SCRIPT,
     commands: bool = False,
+    baseline: Path | None = None,
 ) -> Iterator[tuple[ServerProcess, Clients]]:
     """A server of ``kind`` and ``clients`` load processes aimed at it; both stopped after.
 
-    ``server_script``, ``client_script`` and ``commands``: as in :class:`ServerProcess`
-    and :class:`Clients`.
+    ``server_script``, ``client_script``, ``commands`` and ``baseline``: as in
+    :class:`ServerProcess` and :class:`Clients`.
     """
-    server = ServerProcess(kind, placement.server, profile, script=server_script, commands=commands)
+    server = ServerProcess(
+        kind,
+        placement.server,
+        profile,
+        script=server_script,
+        commands=commands,
+        baseline=baseline,
+    )
     load: Clients | None = None
     try:
         load = Clients(server.port, clients, placement.client, loop, script=client_script)
@@ -616,17 +657,17 @@ def fleet(
     placement: Placement,
     clients: int = 1,
     loop: str = "auto",
-    **scripts: Any,
+    **options: Any,
 ) -> Iterator[Fleet]:
     """Every server of ``kinds`` at once, each with its load processes.
 
     Measuring them in turn, round after round, spreads slow drifts of the
-    machine (other load, thermal) over all of them instead of one. ``scripts``:
+    machine (other load, thermal) over all of them instead of one. ``options``:
     the keyword arguments of :func:`running`.
     """
     with contextlib.ExitStack() as stack:
         yield {
-            kind: stack.enter_context(running(kind, placement, clients, loop=loop, **scripts))
+            kind: stack.enter_context(running(kind, placement, clients, loop=loop, **options))
             for kind in kinds
         }
 
@@ -858,8 +899,8 @@ def ratio_goals(
     ]
 
 
-def print_goals(goal_rows: Sequence[dict[str, Any]]) -> None:
-    print("Goals")
+def print_goals(goal_rows: Sequence[dict[str, Any]], title: str = "Goals") -> None:
+    print(title)
     print(
         table(
             ["goal", "target", "measured", "verdict"],
@@ -885,7 +926,7 @@ def environment() -> dict[str, Any]:
     except importlib.metadata.PackageNotFoundError:
         client_loop = "asyncio (uvloop is not installed)"
     return {
-        "git": _git_state(),
+        "git": git_state(HERE.parent),
         "python": sys.version.split()[0],
         "embedws": embedws.__version__,
         "websockets": websockets_version,
@@ -903,19 +944,19 @@ def describe_environment(env: dict[str, Any]) -> str:
     )
 
 
-def _git_state() -> str:
-    """The commit measured, and whether embedws/ had uncommitted changes."""
+def git_state(checkout: Path) -> str:
+    """The commit of ``checkout``, and whether its embedws/ had uncommitted changes."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=HERE,
+            cwd=checkout,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", "embedws"],
-            cwd=HERE.parent,
+            cwd=checkout,
             capture_output=True,
             text=True,
             check=True,
@@ -930,7 +971,7 @@ def write_json(path: str | None, data: dict[str, Any]) -> None:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2) + "\n")
+    target.write_text(json.dumps(data, indent=2, default=str) + "\n")  # str: Paths
     print(f"\nJSON results: {target}")
 
 
@@ -968,6 +1009,15 @@ class Run:
             self.env["client_loop"] = client_loop
         print()
         print(describe_environment(self.env))
+        baseline: Path | None = getattr(self.args, "baseline", None)
+        if baseline is not None:
+            self.env["baseline"] = {"checkout": str(baseline), "git": git_state(baseline)}
+        self.env["embedws_origins"] = self.issues.origins
+        for origin, kinds in _group_by_origin(self.issues.origins).items():
+            where = origin
+            if baseline is not None and Path(origin) == baseline / "embedws":
+                where += f" (the baseline, at {git_state(baseline)}; checked at start-up)"
+            print(f"embedws imported from {where}: {', '.join(kinds)}")
         print()
 
     def finish(self, benchmark: str, settings: str, **results: Any) -> None:
@@ -997,6 +1047,98 @@ class Run:
                 "issues": issues,
             },
         )
+
+
+def _group_by_origin(origins: dict[str, str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for kind, origin in origins.items():
+        grouped.setdefault(origin, []).append(kind)
+    return grouped
+
+
+# Baseline: another checkout of embedws, in the same run -----------------------------
+
+BASELINE_LIMIT = 1.05  # no figure worse than the baseline's by more than 5%
+
+
+def add_baseline_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        type=Path,
+        help="another embedws checkout (e.g. a git worktree at an older commit): each "
+        "embedws-* kind also runs as embedws-*@base, with embedws imported from DIR, "
+        "in the same rounds",
+    )
+
+
+def check_baseline(parser: argparse.ArgumentParser, baseline: Path | None) -> Path | None:
+    """``--baseline`` as an absolute path, after checking that it holds an embedws package."""
+    if baseline is None:
+        return None
+    checkout = baseline.resolve()
+    if not (checkout / "embedws" / "__init__.py").is_file():
+        parser.error(f"--baseline {baseline}: no embedws package there ({checkout}/embedws)")
+    return checkout
+
+
+def with_baseline(kinds: Sequence[str], baseline: Path | None) -> list[str]:
+    """``kinds``, each embedws kind followed by its ``@base`` twin if there is a baseline.
+
+    Side by side, so that every round measures a kind and its baseline one after the other.
+    """
+    result: list[str] = []
+    for kind in kinds:
+        result.append(kind)
+        if baseline is not None and kind.startswith("embedws-"):
+            result.append(kind + BASE)
+    return result
+
+
+def base_row(
+    row: dict[str, Any], rows: Sequence[dict[str, Any]], same: Sequence[str]
+) -> dict[str, Any] | None:
+    """The row of ``row``'s ``@base`` twin with the same values of the keys ``same``."""
+    twin = row["kind"] + BASE
+    return next((r for r in rows if r["kind"] == twin and all(r[k] == row[k] for k in same)), None)
+
+
+def vs_base(
+    row: dict[str, Any], rows: Sequence[dict[str, Any]], same: Sequence[str], key: str
+) -> str:
+    """The ratio cell of ``row[key]`` to its baseline's (``-`` without one)."""
+    return vs(row, base_row(row, rows, same), key)
+
+
+def baseline_checks(
+    rows: Sequence[dict[str, Any]],
+    same: Sequence[str],
+    figures: Sequence[tuple[str, str]],
+    scenario: Callable[[dict[str, Any]], str],
+) -> list[dict[str, Any]]:
+    """Each embedws row against its baseline: every (label, key) of ``figures`` <= 1.05x.
+
+    ``scenario(row)`` names the row's scenario (size, connections, ...) in the text.
+    """
+    checks: list[dict[str, Any]] = []
+    for row in rows:
+        base = base_row(row, rows, same)
+        if base is None:
+            continue
+        for label, key in figures:
+            text = f"{label} {scenario(row)}: {row['kind']} / {base['kind']}"
+            value = ratio(row[key], base[key])
+            checks.append(goal(text, value, BASELINE_LIMIT, kind=row["kind"], figure=key))
+    return checks
+
+
+def print_baseline(checks: Sequence[dict[str, Any]], baseline: Path) -> None:
+    print()
+    print_goals(
+        checks,
+        f"Against the baseline ({baseline} at {git_state(baseline)}): "
+        f"no figure worse by more than {BASELINE_LIMIT - 1:.0%}",
+    )
 
 
 # Profiles -------------------------------------------------------------------------

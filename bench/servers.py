@@ -1,9 +1,14 @@
 """Echo servers under test, one per process: ``python bench/servers.py --kind KIND``.
 
-Prints ``PORT <n>`` on stdout once listening, then serves on 127.0.0.1 until
+Prints ``PORT <n>`` on stdout once listening (the embedws kinds add
+``embedws=<path of the package imported>``), then serves on 127.0.0.1 until
 SIGTERM/SIGINT (or ``--lifetime`` seconds, so a forgotten server still stops).
 Every server echoes each message back as it came (text as text, binary as
 binary), with keepalive pings and compression off.
+
+``--embedws-from DIR``: the embedws kinds must import embedws from the checkout
+DIR (the driver puts DIR on ``PYTHONPATH``); the server refuses to start if
+they do not, so a baseline can never silently measure the wrong code.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -35,8 +41,18 @@ ALL_KINDS = KINDS + OTHER_KINDS
 _MAX_CONNECTIONS = 50_000
 
 
-def _announce(port: int) -> None:
-    print(f"PORT {port}", flush=True)
+def _announce(port: int, extra: str = "") -> None:
+    print(f"PORT {port}{' ' + extra if extra else ''}", flush=True)
+
+
+def _embedws_origin(required_dir: str | None) -> Path:
+    """The folder embedws was imported from; exit (no PORT line) if not ``required_dir``'s."""
+    import embedws
+
+    origin = Path(embedws.__file__).resolve().parent
+    if required_dir is not None and origin != Path(required_dir).resolve() / "embedws":
+        sys.exit(f"embedws was imported from {origin}, not from {required_dir}")
+    return origin
 
 
 class _Profiles:
@@ -94,9 +110,10 @@ def _exit_later(seconds: float) -> None:
     timer.start()
 
 
-def serve_embedws(mode: str) -> None:
+def serve_embedws(mode: str, required_dir: str | None) -> None:
     import embedws
 
+    origin = _embedws_origin(required_dir)
     app = embedws.App(
         "bench",
         config={
@@ -120,7 +137,7 @@ def serve_embedws(mode: str) -> None:
 
         app.add_websocket_route(sync_echo, "/", mode=mode)
     server = app.start(port=0)
-    _announce(server.port)
+    _announce(server.port, f"embedws={origin}")
     server.wait()
 
 
@@ -190,6 +207,9 @@ def serve_aiohttp() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=ALL_KINDS, required=True)
+    parser.add_argument(
+        "--embedws-from", metavar="DIR", help="refuse to start unless embedws comes from DIR"
+    )
     parser.add_argument("--profile", metavar="FILE", help="write cProfile stats here on exit")
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this long")
     parser.add_argument("--cpus", help="pin the process to these CPUs, e.g. '0'")
@@ -211,7 +231,7 @@ def main() -> None:
     _exit_on_signal(on_exit)
     _exit_later(args.lifetime)
     if args.kind.startswith("embedws-"):
-        serve_embedws(args.kind.removeprefix("embedws-"))
+        serve_embedws(args.kind.removeprefix("embedws-"), args.embedws_from)
     elif args.kind == "websockets-asyncio":
         serve_websockets_asyncio()
     elif args.kind == "aiohttp":
