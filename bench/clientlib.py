@@ -11,6 +11,8 @@ file whatever the working directory.
   line on stdout (:func:`serve_commands`, :func:`write_reply`).
 * Raw websocket connections (no library): the opening handshake and the close
   (:class:`RawConnection`, :class:`RawClient`), for the load generators.
+* Short-lived connections, one after the other, K at a time: open, close, open
+  again (:func:`handshakes`), for ``handshake.py``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import errno
 import hashlib
 import json
 import os
+import socket
+import struct
 import sys
 import threading
 import time
@@ -31,6 +36,9 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MASK = b"\x37\xfa\x21\x3d"
 # Close 1000, masked with MASK.
 CLOSE_FRAME = bytes((0x88, 0x82)) + MASK + bytes((0x03 ^ MASK[0], 0xE8 ^ MASK[1]))
+# RFC 6455's example key: the handshake client reads the status line only, so a
+# fresh key (and its SHA-1) per connection would be client work for nothing.
+FIXED_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 LOOPS = ("auto", "asyncio", "uvloop")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -81,6 +89,14 @@ def run(main: Coroutine[Any, Any, None], loop: str) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
+
+
+def opening_request(host_header: bytes, key: bytes) -> bytes:
+    """The client's opening handshake: ``GET /`` with ``Upgrade: websocket``."""
+    return (
+        b"GET / HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (host_header, key)
+    )
 
 
 # The command channel ---------------------------------------------------------------
@@ -157,11 +173,7 @@ class RawConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not isinstance: uvloop's transports do not subclass asyncio's.
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(
-            b"GET / HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            % (self.client.host_header, self.key)
-        )
+        self.transport.write(opening_request(self.client.host_header, self.key))
 
     def handshake_done(self, head: bytes) -> bool:
         """Whether the response ``head`` (up to its blank line) opened the connection."""
@@ -277,3 +289,240 @@ class RawClient(Generic[ConnT]):
             "close": lambda c: client.close(),
         }
         run(serve_commands(handlers, lambda: client.close(timeout=5.0)), args.loop)
+
+
+# Short-lived connections -----------------------------------------------------------
+
+CLOSE_MODES = ("frame", "rst")
+_LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends an RST
+
+
+class Cycles:
+    """One ``handshake`` command: what to do, and what came of it."""
+
+    __slots__ = (
+        "active",
+        "address",
+        "close",
+        "completed",
+        "done",
+        "errors",
+        "latencies",
+        "loop",
+        "remaining",
+        "request",
+        "running",
+    )
+
+    def __init__(
+        self, address: tuple[str, int], close: str, count: int, latency: bool, slots: int
+    ) -> None:
+        self.address = address
+        self.request = opening_request(f"{address[0]}:{address[1]}".encode(), FIXED_KEY)
+        self.close = close
+        self.remaining = count or -1  # connections still to start; -1: until stop()
+        self.running = True
+        self.completed = 0  # connections opened and ended as asked, without error
+        self.errors = Errors()
+        self.latencies: list[int] | None = [] if latency else None
+        self.active = slots  # dialers not yet stopped
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+
+    def take(self) -> bool:
+        """Whether to start one more connection."""
+        if not self.running or self.remaining == 0:
+            return False
+        if self.remaining > 0:
+            self.remaining -= 1
+        return True
+
+    def stop(self) -> None:
+        self.running = False
+
+    def retire(self) -> None:
+        """One dialer has stopped."""
+        self.active -= 1
+        if self.active == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+class Dialer:
+    """One of the K connections in flight of :func:`handshakes`: open, end, open the next.
+
+    A plain non-blocking socket with the loop's reader and writer callbacks, not
+    ``create_connection`` and a transport: about a third less client CPU per
+    connection (the rest is mostly the kernel's), which keeps the server the
+    bottleneck. The end is the
+    client's: ``frame`` sends a close frame (1000), reads the server's close
+    frame and waits for the server to close the TCP connection (RFC 6455 §7.1.1:
+    the server closes first); ``rst`` resets the connection as soon as the 101
+    is read (a client that dies or drops its socket).
+    """
+
+    __slots__ = ("cycles", "fd", "head", "opened", "rest", "sent_at", "sock")
+
+    def __init__(self, cycles: Cycles) -> None:
+        self.cycles = cycles
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.head = b""
+        self.rest = b""  # what came after the response head: the server's close frame
+        self.opened = False
+        self.sent_at = 0
+
+    def next(self) -> None:
+        """Open the next connection, or stop if the command is done."""
+        cycles = self.cycles
+        if not cycles.take():
+            cycles.retire()
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        if cycles.close == "rst":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        err = sock.connect_ex(cycles.address)
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            # Refused or out of ports: this dialer stops, the others go on, the reply says so.
+            cycles.errors.error(f"connect failed: {os.strerror(err)}")
+            cycles.retire()
+            return
+        self.sock, self.fd = sock, sock.fileno()
+        self.head, self.rest, self.opened = b"", b"", False
+        # On loopback the connection is usually established by the time
+        # connect returns: send at once, and wait for writable only if not.
+        try:
+            self.send_request()
+        except BlockingIOError:
+            cycles.loop.add_writer(self.fd, self.connected)
+        except OSError as exc:
+            self.end(f"sending the request failed: {exc!r}")
+
+    def connected(self) -> None:
+        assert self.sock is not None
+        self.cycles.loop.remove_writer(self.fd)
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.sock.close()
+            self.sock = None
+            self.cycles.errors.error(f"connect failed: {os.strerror(err)}")
+            self.cycles.retire()
+            return
+        try:
+            self.send_request()
+        except OSError as exc:
+            self.end(f"sending the request failed: {exc!r}")
+
+    def send_request(self) -> None:
+        assert self.sock is not None
+        self.sent_at = time.perf_counter_ns()
+        # A fresh socket's buffer takes these ~150 bytes whole.
+        self.sock.send(self.cycles.request)
+        self.cycles.loop.add_reader(self.fd, self.readable)
+
+    def readable(self) -> None:
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.end(f"connection lost: {exc!r}", closed=True)
+            return
+        if self.opened:
+            if data:
+                if len(self.rest) < 2:  # the first byte tells a close frame
+                    self.rest += data
+            elif self.rest.startswith(b"\x88"):
+                self.end()  # the server's close frame, then its FIN
+            else:
+                self.end(f"no close frame from the server: {self.rest[:16]!r}", closed=True)
+            return
+        if not data:
+            self.end("connection closed during the handshake", closed=True)
+            return
+        head = self.head + data
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            self.head = head
+            return
+        if not head.startswith(b"HTTP/1.1 101 "):
+            self.end(f"handshake refused: {head[:80]!r}")
+            return
+        cycles = self.cycles
+        if cycles.latencies is not None:
+            cycles.latencies.append(time.perf_counter_ns() - self.sent_at)
+        if cycles.close == "rst":
+            self.end()
+            return
+        self.opened = True
+        self.rest = head[end + 4 :]
+        try:
+            self.sock.send(CLOSE_FRAME)
+        except OSError as exc:
+            self.end(f"sending the close frame failed: {exc!r}", closed=True)
+
+    def end(self, error: str = "", *, closed: bool = False) -> None:
+        """The connection is over (``error``: what went wrong); open the next one."""
+        self.abort()
+        cycles = self.cycles
+        if error:
+            cycles.errors.error(error)
+            cycles.errors.closed += closed
+        else:
+            cycles.completed += 1
+        self.next()
+
+    def abort(self) -> None:
+        """Close the socket now (an RST in ``rst`` mode), without opening another."""
+        if self.sock is not None:
+            self.cycles.loop.remove_reader(self.fd)
+            self.cycles.loop.remove_writer(self.fd)
+            self.sock.close()
+            self.sock = None
+
+
+async def handshakes(host: str, port: int, command: dict[str, Any]) -> dict[str, Any]:
+    """The ``handshake`` command of ``loadclient.py``: open and end connections, K at a time.
+
+    ``command``: ``inflight`` (K), ``close`` (one of CLOSE_MODES), ``latency``
+    (keep each request-to-101 time), and either ``seconds`` (start connections
+    for that long) or ``count`` (start exactly that many). Either way, the reply
+    comes once every connection started has ended, so a measuring window around
+    the command holds exactly the work of the handshakes it counts.
+    """
+    seconds = float(command.get("seconds", 0.0))
+    count = int(command.get("count", 0))
+    close = str(command.get("close", "frame"))
+    if close not in CLOSE_MODES:
+        raise ValueError(f"close must be one of {CLOSE_MODES}, not {close!r}")
+    inflight = max(1, int(command.get("inflight", 1)))
+    cycles = Cycles((host, port), close, count, bool(command.get("latency", False)), inflight)
+    if not count and seconds > 0:
+        cycles.loop.call_later(seconds, cycles.stop)
+    elif not count:
+        cycles.stop()  # nothing asked (this process's share of a small count)
+    started = time.perf_counter()
+    dialers = [Dialer(cycles) for _ in range(inflight)]
+    for dialer in dialers:
+        dialer.next()
+    try:
+        await asyncio.wait_for(asyncio.shield(cycles.done), seconds + 60)
+    except TimeoutError:
+        cycles.stop()
+        for dialer in dialers:
+            dialer.abort()
+    elapsed = time.perf_counter() - started
+    errors = cycles.errors
+    reply: dict[str, Any] = {
+        "handshakes": cycles.completed,
+        "seconds": elapsed,
+        "errors": errors.errors,
+        "closed": errors.closed,
+        "first_error": errors.first_error,
+        "unfinished": cycles.active,
+    }
+    if cycles.latencies is not None:
+        reply["latencies_ns"] = cycles.latencies
+    return reply

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import harness
-from servers import KINDS
+from servers import ALL_KINDS, KINDS
 
 REFERENCE = "websockets-asyncio"
 GOAL_CPU = 0.7  # embedws-async CPU per message, times websockets-asyncio's
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--kinds",
         default=",".join(KINDS),
-        help=f"comma-separated server kinds (default: all: {','.join(KINDS)})",
+        help=f"comma-separated server kinds, of {','.join(ALL_KINDS)} (default: {','.join(KINDS)})",
     )
     parser.add_argument("--connections", type=int, default=50, help="echo connections")
     parser.add_argument(
@@ -51,13 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--settle", type=float, default=1.0, help="seconds before reading RSS")
     parser.add_argument("--no-echo", action="store_true", help="skip the CPU test")
+    harness.add_baseline_option(parser)
     harness.add_run_options(parser, "short smoke run (~30 s)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.repeat, args.settle = 0.7, 0.2, 2, 0.5
         args.idle = min(args.idle, 200)
-    args.kinds = harness.parse_names(parser, "kinds", args.kinds, KINDS)
+    args.kinds = harness.parse_names(parser, "kinds", args.kinds, ALL_KINDS)
     args.sizes = harness.parse_ints(args.sizes)
+    args.baseline = harness.check_baseline(parser, args.baseline)
     return args
 
 
@@ -66,7 +68,10 @@ def measure_echo(
 ) -> list[dict[str, Any]]:
     """All servers at once; per size, ``--repeat`` rounds that visit each server in turn."""
     rows: list[dict[str, Any]] = []
-    with harness.fleet(args.kinds, placement, args.clients, args.client_loop) as servers:
+    kinds = harness.with_baseline(args.kinds, args.baseline)
+    with harness.fleet(
+        kinds, placement, args.clients, args.client_loop, baseline=args.baseline
+    ) as servers:
         opened = harness.open_fleet(servers, args.connections, issues)
         for size in args.sizes:
             echo = harness.EchoLoad(size, args.msg_type, args.seconds, args.inflight, args.rate)
@@ -78,7 +83,7 @@ def measure_echo(
                 row.update(harness.summarize(measured))
                 rows.append(row)
                 harness.progress(
-                    f"  {kind:<20} {harness.fmt_size(size):>7}: {row['us_per_msg']:7.1f} µs/msg "
+                    f"  {kind:<25} {harness.fmt_size(size):>7}: {row['us_per_msg']:7.1f} µs/msg "
                     f"({row['msg_per_s']:,.0f} msg/s, spread {row['spread']:.0%})",
                 )
         harness.close_fleet(servers, issues)
@@ -90,7 +95,9 @@ def measure_idle(
 ) -> dict[str, Any]:
     """RSS of the server with ``args.idle`` idle connections, minus with none."""
     clients = harness.client_processes(args.idle)
-    with harness.running(kind, placement, clients, loop=args.client_loop) as (server, load):
+    with harness.running(
+        kind, placement, clients, loop=args.client_loop, baseline=args.baseline
+    ) as (server, load):
         # A warm-up connection first: imports, caches and the first handler
         # thread are not per-connection costs.
         load.open(1)
@@ -110,7 +117,7 @@ def measure_idle(
         issues.check_server(server)
     per_conn = (loaded - base) / count if count else math.nan
     harness.progress(
-        f"  {kind:<20} idle x{count}: {per_conn / 1024:6.1f} KiB/conn "
+        f"  {kind:<25} idle x{count}: {per_conn / 1024:6.1f} KiB/conn "
         f"(opened in {opened['seconds']:.1f} s)",
     )
     return {
@@ -125,12 +132,14 @@ def measure_idle(
     }
 
 
-def echo_table(rows: list[dict[str, Any]], repeat: int) -> str:
+def echo_table(rows: list[dict[str, Any]], repeat: int, baseline: bool) -> str:
     reference = {r["size"]: r["us_per_msg"] for r in rows if r["kind"] == REFERENCE}
     headers = ["size", *harness.ECHO_COLUMNS]
     if repeat > 1:
         headers.append("spread")
     headers.append(f"vs {REFERENCE}")
+    if baseline:
+        headers += ["vs base", "best vs base"]
     out = []
     for row in sorted(rows, key=lambda r: r["size"]):
         cells = [harness.fmt_size(row["size"]), *harness.echo_cells(row)]
@@ -139,15 +148,22 @@ def echo_table(rows: list[dict[str, Any]], repeat: int) -> str:
         cells.append(
             harness.fmt_ratio(harness.ratio(row["us_per_msg"], reference.get(row["size"])))
         )
+        if baseline:
+            cells += [
+                harness.vs_base(row, rows, ["size"], key)
+                for key in ("us_per_msg", "best_us_per_msg")
+            ]
         out.append(cells)
     right = set(range(2, len(headers)))
     return harness.table(headers, out, right)
 
 
-def idle_table(rows: list[dict[str, Any]]) -> str:
+def idle_table(rows: list[dict[str, Any]], baseline: bool) -> str:
     reference = next((r["bytes_per_conn"] for r in rows if r["kind"] == REFERENCE), None)
     headers = ["server", "conns", "RSS base", "RSS loaded", "threads", "KiB/conn"]
     headers.append(f"vs {REFERENCE}")
+    if baseline:
+        headers.append("vs base")
     out = [
         [
             row["kind"],
@@ -157,6 +173,7 @@ def idle_table(rows: list[dict[str, Any]]) -> str:
             f"{row['threads_base']}→{row['threads_loaded']}",
             f"{row['bytes_per_conn'] / 1024:.1f}",
             harness.fmt_ratio(harness.ratio(row["bytes_per_conn"], reference)),
+            *([harness.vs_base(row, rows, [], "bytes_per_conn")] if baseline else []),
         ]
         for row in rows
     ]
@@ -193,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         echo_rows = measure_echo(args, run.placement, run.issues)
     if args.idle > 0:
         harness.progress(f"idle: {args.idle} connections")
-        for kind in args.kinds:
+        for kind in harness.with_baseline(args.kinds, args.baseline):
             idle_rows.append(measure_idle(kind, args, run.placement, run.issues))
 
     run.print_environment()
@@ -205,21 +222,37 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.seconds:g} s x{args.repeat} per size, "
             f"{run.placement.describe()})"
         )
-        print(echo_table(echo_rows, args.repeat))
+        print(echo_table(echo_rows, args.repeat, args.baseline is not None))
         print()
     if idle_rows:
         print(f"Idle: server RSS per idle connection (handlers parked in recv, {args.idle})")
-        print(idle_table(idle_rows))
+        print(idle_table(idle_rows, args.baseline is not None))
         print()
     goal_rows = goals(echo_rows, idle_rows)
     if goal_rows:
         harness.print_goals(goal_rows)
+    checks: list[dict[str, Any]] = []
+    if args.baseline is not None:
+        checks = harness.baseline_checks(
+            echo_rows,
+            ["size"],
+            [("CPU/msg", "us_per_msg"), ("CPU/msg best", "best_us_per_msg")],
+            lambda row: harness.fmt_size(row["size"]),
+        ) + harness.baseline_checks(
+            idle_rows,
+            [],
+            [("RSS/idle conn", "bytes_per_conn")],
+            lambda row: f"x{row['connections']}",
+        )
+        harness.print_baseline(checks, args.baseline)
     run.finish(
         "echo",
-        "kinds connections sizes msg_type seconds warmup repeat clients inflight rate idle",
+        "kinds connections sizes msg_type seconds warmup repeat clients inflight rate idle "
+        "baseline",
         echo=echo_rows,
         idle=idle_rows,
         goals=goal_rows,
+        baseline_checks=checks,
     )
     return 0
 

@@ -32,6 +32,8 @@ PYTHON = sys.executable
 SERVER_SCRIPT = HERE / "servers.py"
 CLIENT_SCRIPT = HERE / "loadclient.py"
 CONNECTIONS_PER_CLIENT = 10_000  # well under the 20,000 open files a process may have
+# "embedws-async@base": the embedws-async server, with embedws imported from --baseline DIR.
+BASE = "@base"
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,11 @@ class ServerProcess:
 
     ``script`` is ``servers.py`` unless told otherwise; with ``commands`` the
     server also takes JSON commands on stdin and answers each with a JSON line
-    (:meth:`command`), after its ``PORT n`` line.
+    (:meth:`command`), after its ``PORT n`` line. A ``kind`` ending in ``@base``
+    runs that kind with embedws imported from ``baseline`` (another checkout):
+    ``PYTHONPATH=baseline``, and ``servers.py --embedws-from`` refuses to start
+    if the import came from anywhere else. ``embedws_origin``: the folder the
+    server imported embedws from, as it said (None for the other libraries).
     """
 
     def __init__(
@@ -143,13 +149,21 @@ class ServerProcess:
         *,
         script: Path = SERVER_SCRIPT,
         commands: bool = False,
+        baseline: Path | None = None,
     ) -> None:
         self.kind = kind
         self.stderr_path = Path(tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".log")[1])
-        args = [PYTHON, str(script), "--kind", kind, "--lifetime", str(lifetime)]
+        args = [PYTHON, str(script), "--kind", kind.removesuffix(BASE), "--lifetime", str(lifetime)]
         args += _pin_args(cpus)
         if profile:
             args += ["--profile", profile]
+        env = None
+        if kind.endswith(BASE):
+            if baseline is None:
+                raise ValueError(f"{kind}: a baseline kind needs the baseline checkout")
+            # First on the path, before the editable install of this checkout.
+            env = {**os.environ, "PYTHONPATH": str(baseline)}
+            args += ["--embedws-from", str(baseline)]
         with self.stderr_path.open("wb") as stderr:
             self.proc = subprocess.Popen(
                 args,
@@ -157,7 +171,9 @@ class ServerProcess:
                 stderr=stderr,
                 stdin=subprocess.PIPE if commands else subprocess.DEVNULL,
                 text=True,
+                env=env,
             )
+        self.embedws_origin: str | None = None
         self.port = self._read_port(timeout=30)
         self.ps = psutil.Process(self.proc.pid)
         self._replies: queue.Queue[str] = queue.Queue()
@@ -193,7 +209,12 @@ class ServerProcess:
         if not line.startswith("PORT "):
             self.stop()
             raise RuntimeError(f"{self.kind} server failed: {line!r} {self.stderr_tail()}")
-        return int(line.split()[1])
+        _, port, *extra = line.split()
+        for item in extra:
+            name, _, value = item.partition("=")
+            if name == "embedws":
+                self.embedws_origin = value
+        return int(port)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the whole process (all its threads)."""
@@ -209,6 +230,10 @@ class ServerProcess:
 
     def threads(self) -> int:
         return int(self.ps.num_threads())
+
+    def fds(self) -> int:
+        """Open file descriptors: sockets a closed connection left behind show here."""
+        return int(self.ps.num_fds())
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -255,6 +280,21 @@ class EchoLoad:
     inflight: int = 1  # messages in flight per connection
     rate: float = 0.0  # msg/s of all the connections together; 0: a closed loop
     latency: bool = False  # keep every round-trip time
+
+
+@dataclass(frozen=True)
+class HandshakeLoad:
+    """What the load clients do in one window: open and end connections, ``inflight`` at a time.
+
+    For ``seconds``, or for ``count`` connections in all if ``count`` is set.
+    ``close``: ``frame`` (closing handshake) or ``rst`` (see ``clientlib.handshakes``).
+    """
+
+    seconds: float
+    inflight: int = 50  # connections in flight, in all
+    close: str = "frame"
+    count: int = 0
+    latency: bool = True  # keep every request-to-101 time
 
 
 class ClientProcess:
@@ -348,6 +388,36 @@ class Clients:
             "seconds": max(r["seconds"] for r in replies),
         }
 
+    def apply(self, load: EchoLoad | HandshakeLoad) -> dict[str, Any]:
+        """One window's work: :meth:`run` or :meth:`handshakes`.
+
+        ``messages`` in the result counts what the work is made of: echoes or handshakes.
+        """
+        if isinstance(load, HandshakeLoad):
+            return self.handshakes(load)
+        return self.run(load)
+
+    def handshakes(self, load: HandshakeLoad) -> dict[str, Any]:
+        """Connections opened and ended; ``inflight`` and ``count`` are for all processes."""
+        counts = split(load.count, len(self.procs))
+        replies = self.command(
+            load.seconds + 90,
+            [
+                {
+                    "cmd": "handshake",
+                    "seconds": load.seconds,
+                    "count": count,
+                    "inflight": inflight,
+                    "close": load.close,
+                    "latency": load.latency,
+                }
+                for count, inflight in zip(
+                    counts, split(load.inflight, len(self.procs)), strict=True
+                )
+            ],
+        )
+        return self._merge(replies, "handshakes", load.latency)
+
     def run(self, echo: EchoLoad) -> dict[str, Any]:
         """Echo round trips on every connection; ``echo.rate`` (msg/s) is for all processes."""
         command = {
@@ -360,19 +430,25 @@ class Clients:
             "latency": echo.latency,
         }
         replies = self.broadcast(echo.seconds + 90, **command)
+        merged = self._merge(replies, "messages", echo.latency)
+        if all("own" in r for r in replies):
+            # Counters a client keeps of itself (its CPU over exactly the round trips).
+            merged["own"] = {key: sum(r["own"][key] for r in replies) for key in replies[0]["own"]}
+        return merged
+
+    @staticmethod
+    def _merge(replies: Sequence[dict[str, Any]], counted: str, latency: bool) -> dict[str, Any]:
+        """The replies of all processes as one (``counted``: the key of what they count)."""
         merged: dict[str, Any] = {
-            "messages": sum(r["messages"] for r in replies),
+            "messages": sum(r[counted] for r in replies),
             "seconds": max(r["seconds"] for r in replies),
             "errors": sum(r["errors"] for r in replies),
             "closed": sum(r["closed"] for r in replies),
             "unfinished": sum(r["unfinished"] for r in replies),
             "first_error": next((r["first_error"] for r in replies if r["first_error"]), ""),
         }
-        if echo.latency:
+        if latency:
             merged["latencies_ns"] = [ns for r in replies for ns in r["latencies_ns"]]
-        if all("own" in r for r in replies):
-            # Counters a client keeps of itself (its CPU over exactly the round trips).
-            merged["own"] = {key: sum(r["own"][key] for r in replies) for key in replies[0]["own"]}
         return merged
 
     def close(self, timeout: float = 60.0) -> dict[str, Any]:
@@ -471,6 +547,8 @@ class Issues:
 
     noisy: list[tuple[float, str]] = field(default_factory=list)
     windows: int = 0
+    # Where each embedws server imported embedws from (kind: folder), for the output's head.
+    origins: dict[str, str] = field(default_factory=dict)
 
     def add(self, text: str) -> None:
         self.items.append(text)
@@ -495,6 +573,16 @@ class Issues:
         return items
 
     def check_server(self, server: ServerProcess) -> None:
+        origin = server.embedws_origin
+        if origin is not None:
+            self.origins[server.kind] = origin
+            # The @base servers check their own origin; the others should be this
+            # checkout's, which they are not when run with another checkout's venv.
+            if not server.kind.endswith(BASE) and Path(origin) != HERE.parent / "embedws":
+                self.add(
+                    f"{server.kind} imported embedws from {origin}, not from this checkout "
+                    f"({HERE.parent}): its figures are that code's"
+                )
         if not server.alive():
             self.add(f"{server.kind}: server process died (exit {server.proc.returncode})")
         lines = server.stderr_lines()
@@ -535,13 +623,21 @@ def running(
     server_script: Path = SERVER_SCRIPT,
     client_script: Path = CLIENT_SCRIPT,
     commands: bool = False,
+    baseline: Path | None = None,
 ) -> Iterator[tuple[ServerProcess, Clients]]:
     """A server of ``kind`` and ``clients`` load processes aimed at it; both stopped after.
 
-    ``server_script``, ``client_script`` and ``commands``: as in :class:`ServerProcess`
-    and :class:`Clients`.
+    ``server_script``, ``client_script``, ``commands`` and ``baseline``: as in
+    :class:`ServerProcess` and :class:`Clients`.
     """
-    server = ServerProcess(kind, placement.server, profile, script=server_script, commands=commands)
+    server = ServerProcess(
+        kind,
+        placement.server,
+        profile,
+        script=server_script,
+        commands=commands,
+        baseline=baseline,
+    )
     load: Clients | None = None
     try:
         load = Clients(server.port, clients, placement.client, loop, script=client_script)
@@ -561,17 +657,17 @@ def fleet(
     placement: Placement,
     clients: int = 1,
     loop: str = "auto",
-    **scripts: Any,
+    **options: Any,
 ) -> Iterator[Fleet]:
     """Every server of ``kinds`` at once, each with its load processes.
 
     Measuring them in turn, round after round, spreads slow drifts of the
-    machine (other load, thermal) over all of them instead of one. ``scripts``:
+    machine (other load, thermal) over all of them instead of one. ``options``:
     the keyword arguments of :func:`running`.
     """
     with contextlib.ExitStack() as stack:
         yield {
-            kind: stack.enter_context(running(kind, placement, clients, loop=loop, **scripts))
+            kind: stack.enter_context(running(kind, placement, clients, loop=loop, **options))
             for kind in kinds
         }
 
@@ -599,16 +695,19 @@ def measure(
     load: Clients,
     issues: Issues,
     label: str,
-    echo: EchoLoad,
+    echo: EchoLoad | HandshakeLoad,
     warmup: float = 0.0,
 ) -> dict[str, Any]:
-    """One measured window of ``echo`` on ``server``, after ``warmup`` seconds unmeasured."""
+    """One measured window of ``echo`` on ``server``, after ``warmup`` seconds unmeasured.
+
+    ``messages`` and ``us_per_msg`` count what the load is made of: echoes or handshakes.
+    """
     if warmup:
-        warm = load.run(dataclasses.replace(echo, seconds=warmup, latency=False))
+        warm = load.apply(dataclasses.replace(echo, seconds=warmup, latency=False))
         issues.check_run(f"{label} warm-up", warm)
     window = Window()
     window.start(server, load)
-    result = load.run(echo)
+    result = load.apply(echo)
     window.stop(server, load)
     issues.check_run(label, result)
     issues.window(label, window.other_load)
@@ -634,7 +733,12 @@ def measure(
 
 
 def measure_rounds(
-    servers: Fleet, issues: Issues, repeat: int, label: str, echo: EchoLoad, warmup: float
+    servers: Fleet,
+    issues: Issues,
+    repeat: int,
+    label: str,
+    echo: EchoLoad | HandshakeLoad,
+    warmup: float,
 ) -> dict[str, list[dict[str, Any]]]:
     """``repeat`` rounds of :func:`measure` that visit every server in turn; its windows.
 
@@ -648,7 +752,11 @@ def measure_rounds(
 
 
 def summarize(windows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Several windows of one scenario: sums, the median µs/msg and its spread.
+    """Several windows of one scenario: sums, the median µs/msg, its spread and the best.
+
+    The best (lowest) window is there because a server's cost can vary between
+    windows (the machine, the allocator, the garbage collector): comparing in the
+    fast windows too keeps a slow mode of one server from flattering another.
 
     Latency percentiles are taken over all the windows' round trips together;
     the raw round-trip times are dropped from the windows afterwards.
@@ -662,6 +770,7 @@ def summarize(windows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "client_util": sum(w["client_cpu_s"] for w in windows) / wall,
         "other_load": max(w["other_load"] for w in windows),
         "us_per_msg": median(us),
+        "best_us_per_msg": min(us, default=math.nan),
         "sys_us_per_msg": median([w["sys_us_per_msg"] for w in windows]),
         "spread": spread(us),
     }
@@ -695,7 +804,17 @@ def spread(values: Sequence[float]) -> float:
 
 
 # The columns of a server's echo results (a row of summarize() with its "kind").
-ECHO_COLUMNS = ("server", "messages", "msg/s", "srv CPU", "cli CPU", "other", "µs/msg", "sys")
+ECHO_COLUMNS = (
+    "server",
+    "messages",
+    "msg/s",
+    "srv CPU",
+    "cli CPU",
+    "other",
+    "µs/msg",
+    "best",
+    "sys",
+)
 
 
 def echo_cells(row: dict[str, Any]) -> list[str]:
@@ -708,6 +827,7 @@ def echo_cells(row: dict[str, Any]) -> list[str]:
         f"{row['client_util']:.0%}",
         f"{row['other_load']:.0%}",
         f"{row['us_per_msg']:.1f}",
+        f"{row['best_us_per_msg']:.1f}",
         f"{row['sys_us_per_msg']:.1f}",
     ]
 
@@ -718,8 +838,8 @@ def ratio(value: float, reference: float | None) -> float | None:
     return value / reference
 
 
-def fmt_ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+def fmt_ratio(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}x"
 
 
 def fmt_size(size: int) -> str:
@@ -779,12 +899,16 @@ def ratio_goals(
     ]
 
 
-def print_goals(goal_rows: Sequence[dict[str, Any]]) -> None:
-    print("Goals")
+def print_goals(goal_rows: Sequence[dict[str, Any]], title: str = "Goals", digits: int = 2) -> None:
+    """The goals table; ``digits``: of the measured ratios."""
+    print(title)
     print(
         table(
             ["goal", "target", "measured", "verdict"],
-            [[g["goal"], g["target"], fmt_ratio(g["value"]), g["verdict"]] for g in goal_rows],
+            [
+                [g["goal"], g["target"], fmt_ratio(g["value"], digits), g["verdict"]]
+                for g in goal_rows
+            ],
             {2},
         )
     )
@@ -806,7 +930,7 @@ def environment() -> dict[str, Any]:
     except importlib.metadata.PackageNotFoundError:
         client_loop = "asyncio (uvloop is not installed)"
     return {
-        "git": _git_state(),
+        "git": git_state(HERE.parent),
         "python": sys.version.split()[0],
         "embedws": embedws.__version__,
         "websockets": websockets_version,
@@ -824,19 +948,19 @@ def describe_environment(env: dict[str, Any]) -> str:
     )
 
 
-def _git_state() -> str:
-    """The commit measured, and whether embedws/ had uncommitted changes."""
+def git_state(checkout: Path) -> str:
+    """The commit of ``checkout``, and whether its embedws/ had uncommitted changes."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=HERE,
+            cwd=checkout,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", "embedws"],
-            cwd=HERE.parent,
+            cwd=checkout,
             capture_output=True,
             text=True,
             check=True,
@@ -851,7 +975,7 @@ def write_json(path: str | None, data: dict[str, Any]) -> None:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2) + "\n")
+    target.write_text(json.dumps(data, indent=2, default=str) + "\n")  # str: Paths
     print(f"\nJSON results: {target}")
 
 
@@ -889,6 +1013,15 @@ class Run:
             self.env["client_loop"] = client_loop
         print()
         print(describe_environment(self.env))
+        baseline: Path | None = getattr(self.args, "baseline", None)
+        if baseline is not None:
+            self.env["baseline"] = {"checkout": str(baseline), "git": git_state(baseline)}
+        self.env["embedws_origins"] = self.issues.origins
+        for origin, kinds in _group_by_origin(self.issues.origins).items():
+            where = origin
+            if baseline is not None and Path(origin) == baseline / "embedws":
+                where += f" (the baseline, at {git_state(baseline)}; checked at start-up)"
+            print(f"embedws imported from {where}: {', '.join(kinds)}")
         print()
 
     def finish(self, benchmark: str, settings: str, **results: Any) -> None:
@@ -918,6 +1051,99 @@ class Run:
                 "issues": issues,
             },
         )
+
+
+def _group_by_origin(origins: dict[str, str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for kind, origin in origins.items():
+        grouped.setdefault(origin, []).append(kind)
+    return grouped
+
+
+# Baseline: another checkout of embedws, in the same run -----------------------------
+
+BASELINE_LIMIT = 1.05  # no figure worse than the baseline's by more than 5%
+
+
+def add_baseline_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        type=Path,
+        help="another embedws checkout (e.g. a git worktree at an older commit): each "
+        "embedws-* kind also runs as embedws-*@base, with embedws imported from DIR, "
+        "in the same rounds",
+    )
+
+
+def check_baseline(parser: argparse.ArgumentParser, baseline: Path | None) -> Path | None:
+    """``--baseline`` as an absolute path, after checking that it holds an embedws package."""
+    if baseline is None:
+        return None
+    checkout = baseline.resolve()
+    if not (checkout / "embedws" / "__init__.py").is_file():
+        parser.error(f"--baseline {baseline}: no embedws package there ({checkout}/embedws)")
+    return checkout
+
+
+def with_baseline(kinds: Sequence[str], baseline: Path | None) -> list[str]:
+    """``kinds``, each embedws kind followed by its ``@base`` twin if there is a baseline.
+
+    Side by side, so that every round measures a kind and its baseline one after the other.
+    """
+    result: list[str] = []
+    for kind in kinds:
+        result.append(kind)
+        if baseline is not None and kind.startswith("embedws-"):
+            result.append(kind + BASE)
+    return result
+
+
+def base_row(
+    row: dict[str, Any], rows: Sequence[dict[str, Any]], same: Sequence[str]
+) -> dict[str, Any] | None:
+    """The row of ``row``'s ``@base`` twin with the same values of the keys ``same``."""
+    twin = row["kind"] + BASE
+    return next((r for r in rows if r["kind"] == twin and all(r[k] == row[k] for k in same)), None)
+
+
+def vs_base(
+    row: dict[str, Any], rows: Sequence[dict[str, Any]], same: Sequence[str], key: str
+) -> str:
+    """The ratio cell of ``row[key]`` to its baseline's (``-`` without one)."""
+    return vs(row, base_row(row, rows, same), key)
+
+
+def baseline_checks(
+    rows: Sequence[dict[str, Any]],
+    same: Sequence[str],
+    figures: Sequence[tuple[str, str]],
+    scenario: Callable[[dict[str, Any]], str],
+) -> list[dict[str, Any]]:
+    """Each embedws row against its baseline: every (label, key) of ``figures`` <= 1.05x.
+
+    ``scenario(row)`` names the row's scenario (size, connections, ...) in the text.
+    """
+    checks: list[dict[str, Any]] = []
+    for row in rows:
+        base = base_row(row, rows, same)
+        if base is None:
+            continue
+        for label, key in figures:
+            text = f"{label} {scenario(row)}: {row['kind']} / {base['kind']}"
+            value = ratio(row[key], base[key])
+            checks.append(goal(text, value, BASELINE_LIMIT, kind=row["kind"], figure=key))
+    return checks
+
+
+def print_baseline(checks: Sequence[dict[str, Any]], baseline: Path) -> None:
+    print()
+    print_goals(
+        checks,
+        f"Against the baseline ({baseline} at {git_state(baseline)}): "
+        f"no figure worse by more than {BASELINE_LIMIT - 1:.0%}",
+        digits=3,  # near the limit, 1.05x could be either side of it
+    )
 
 
 # Profiles -------------------------------------------------------------------------

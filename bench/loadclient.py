@@ -12,6 +12,13 @@ on stdin and each gets one JSON line on stdout:
   the echo, send again); ``"rate": R`` paces the whole process to R messages/s
   (each connection sends its next message at its next slot, not at once);
   ``"latency": true`` returns every round-trip time;
+* ``{"cmd": "handshake", "seconds": T, "inflight": K, "close": "frame"}``: no
+  lasting connection; K at a time, open a connection (the opening handshake,
+  one prebuilt request with a fixed key, only the status line checked), end it
+  (``"close": "frame"``: closing handshake, then the server closes TCP;
+  ``"rst"``: reset at once) and open the next, for T seconds (or ``"count": N``
+  connections), then wait for the last ones to end. ``"latency": true`` returns
+  each request-to-101 time. See :func:`clientlib.handshakes`;
 * ``{"cmd": "close"}`` (closing handshake on every connection), ``{"cmd": "quit"}``.
 
 Frames are built once per size and masked once with a fixed key, so the client
@@ -220,7 +227,10 @@ class Client(RawClient[Conn]):
             phase.loop.call_at(conn.next_at, conn.paced_send, phase)
 
     def commands(self) -> dict[str, clientlib.Handler]:
-        return {"run": self.run}
+        return {
+            "run": self.run,
+            "handshake": lambda command: clientlib.handshakes(self.host, self.port, command),
+        }
 
     async def run(self, command: dict[str, Any]) -> dict[str, Any]:
         """The ``run`` command (see the top of this file)."""

@@ -1,21 +1,28 @@
 """Echo servers under test, one per process: ``python bench/servers.py --kind KIND``.
 
-Prints ``PORT <n>`` on stdout once listening, then serves on 127.0.0.1 until
+Prints ``PORT <n>`` on stdout once listening (the embedws kinds add
+``embedws=<path of the package imported>``), then serves on 127.0.0.1 until
 SIGTERM/SIGINT (or ``--lifetime`` seconds, so a forgotten server still stops).
 Every server echoes each message back as it came (text as text, binary as
 binary), with keepalive pings and compression off.
+
+``--embedws-from DIR``: the embedws kinds must import embedws from the checkout
+DIR (the driver puts DIR on ``PYTHONPATH``); the server refuses to start if
+they do not, so a baseline can never silently measure the wrong code.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -26,13 +33,26 @@ KINDS = (
     "websockets-asyncio",
     "websockets-sync",
 )
+# Other libraries, for the benchmarks that name them (not in the echo benchmarks' defaults).
+OTHER_KINDS = ("aiohttp",)
+ALL_KINDS = KINDS + OTHER_KINDS
 
 # Room for --idle 10000 (and the sync kinds' one thread per connection).
 _MAX_CONNECTIONS = 50_000
 
 
-def _announce(port: int) -> None:
-    print(f"PORT {port}", flush=True)
+def _announce(port: int, extra: str = "") -> None:
+    print(f"PORT {port}{' ' + extra if extra else ''}", flush=True)
+
+
+def _embedws_origin(required_dir: str | None) -> Path:
+    """The folder embedws was imported from; exit (no PORT line) if not ``required_dir``'s."""
+    import embedws
+
+    origin = Path(embedws.__file__).resolve().parent
+    if required_dir is not None and origin != Path(required_dir).resolve() / "embedws":
+        sys.exit(f"embedws was imported from {origin}, not from {required_dir}")
+    return origin
 
 
 class _Profiles:
@@ -90,9 +110,10 @@ def _exit_later(seconds: float) -> None:
     timer.start()
 
 
-def serve_embedws(mode: str) -> None:
+def serve_embedws(mode: str, required_dir: str | None) -> None:
     import embedws
 
+    origin = _embedws_origin(required_dir)
     app = embedws.App(
         "bench",
         config={
@@ -116,16 +137,23 @@ def serve_embedws(mode: str) -> None:
 
         app.add_websocket_route(sync_echo, "/", mode=mode)
     server = app.start(port=0)
-    _announce(server.port)
+    _announce(server.port, f"embedws={origin}")
     server.wait()
+
+
+# The websockets handlers end quietly when the peer vanishes, as embedws's and aiohttp's
+# loops do: uncaught, websockets logs ConnectionClosedError with a traceback for each
+# connection reset (handshake.py --close rst), and the row would measure that logging.
 
 
 def serve_websockets_asyncio() -> None:
     from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosedError
 
     async def echo(ws: ServerConnection) -> None:
-        async for message in ws:
-            await ws.send(message)
+        with contextlib.suppress(ConnectionClosedError):
+            async for message in ws:
+                await ws.send(message)
 
     async def main() -> None:
         async with serve(echo, "127.0.0.1", 0, ping_interval=None, compression=None) as server:
@@ -136,20 +164,52 @@ def serve_websockets_asyncio() -> None:
 
 
 def serve_websockets_sync() -> None:
+    from websockets.exceptions import ConnectionClosedError
     from websockets.sync.server import ServerConnection, serve
 
     def echo(ws: ServerConnection) -> None:
-        for message in ws:
-            ws.send(message)
+        with contextlib.suppress(ConnectionClosedError):
+            for message in ws:
+                ws.send(message)
 
     with serve(echo, "127.0.0.1", 0, ping_interval=None, compression=None) as server:
         _announce(server.socket.getsockname()[1])
         server.serve_forever()
 
 
+def serve_aiohttp() -> None:
+    from aiohttp import WSMsgType, web
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=None, compress=False)
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                await ws.send_str(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await ws.send_bytes(message.data)
+        return ws
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_get("/", echo)
+        # No access log: the other servers log nothing per connection either.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        _announce(runner.addresses[0][1])
+        await asyncio.Event().wait()  # until SIGTERM (_exit_on_signal)
+
+    asyncio.run(main())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=KINDS, required=True)
+    parser.add_argument("--kind", choices=ALL_KINDS, required=True)
+    parser.add_argument(
+        "--embedws-from", metavar="DIR", help="refuse to start unless embedws comes from DIR"
+    )
     parser.add_argument("--profile", metavar="FILE", help="write cProfile stats here on exit")
     parser.add_argument("--lifetime", type=float, default=900.0, help="exit after this long")
     parser.add_argument("--cpus", help="pin the process to these CPUs, e.g. '0'")
@@ -171,9 +231,11 @@ def main() -> None:
     _exit_on_signal(on_exit)
     _exit_later(args.lifetime)
     if args.kind.startswith("embedws-"):
-        serve_embedws(args.kind.removeprefix("embedws-"))
+        serve_embedws(args.kind.removeprefix("embedws-"), args.embedws_from)
     elif args.kind == "websockets-asyncio":
         serve_websockets_asyncio()
+    elif args.kind == "aiohttp":
+        serve_aiohttp()
     else:
         serve_websockets_sync()
 

@@ -45,12 +45,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--repeat", type=int, default=3, help="windows per server and count (median reported)"
     )
+    harness.add_baseline_option(parser)
     harness.add_run_options(parser, "short smoke run (~20 s)")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.repeat = 1.0, 0.2, 2
     args.kinds = harness.parse_names(parser, "kinds", args.kinds, KINDS)
     args.connections = harness.parse_counts(parser, args.connections)
+    args.baseline = harness.check_baseline(parser, args.baseline)
     return args
 
 
@@ -59,7 +61,8 @@ def measure_all(
 ) -> list[dict[str, Any]]:
     """All servers at once; per connection count, rounds that visit each server in turn."""
     rows: list[dict[str, Any]] = []
-    with harness.fleet(args.kinds, placement, loop=args.client_loop) as servers:
+    kinds = harness.with_baseline(args.kinds, args.baseline)
+    with harness.fleet(kinds, placement, loop=args.client_loop, baseline=args.baseline) as servers:
         opened: dict[str, int] = {}
         for count in args.connections:
             opened = harness.open_fleet(servers, count, issues, opened)
@@ -74,7 +77,7 @@ def measure_all(
                 row.update(harness.summarize(measured))
                 rows.append(row)
                 harness.progress(
-                    f"  {kind:<18} x{count:<3}: {row['us_per_msg']:6.1f} µs/msg, "
+                    f"  {kind:<23} x{count:<3}: {row['us_per_msg']:6.1f} µs/msg, "
                     f"p50 {row['p50_us']:,.0f} µs, p99 {row['p99_us']:,.0f} µs "
                     f"({row['msg_per_s']:,.0f} msg/s)",
                 )
@@ -82,7 +85,7 @@ def measure_all(
     return rows
 
 
-def results_table(rows: list[dict[str, Any]]) -> str:
+def results_table(rows: list[dict[str, Any]], baseline: bool) -> str:
     reference = {r["connections"]: r for r in rows if r["kind"] == REFERENCE}
     headers = [
         "conns",
@@ -93,6 +96,8 @@ def results_table(rows: list[dict[str, Any]]) -> str:
         "CPU vs ws-sync",
         "p99 vs ws-sync",
     ]
+    if baseline:
+        headers += ["vs base", "best vs base", "p99 vs base"]
     out = []
     for row in sorted(rows, key=lambda r: r["connections"]):
         ref = reference.get(row["connections"])
@@ -105,6 +110,11 @@ def results_table(rows: list[dict[str, Any]]) -> str:
                 f"{row['p99_us']:,.0f}",
                 harness.vs(row, ref, "us_per_msg"),
                 harness.vs(row, ref, "p99_us"),
+                *(
+                    harness.vs_base(row, rows, ["connections"], key)
+                    for key in ("us_per_msg", "best_us_per_msg", "p99_us")
+                    if baseline
+                ),
             ]
         )
     return harness.table(headers, out, {0, *range(2, len(headers))})
@@ -147,16 +157,31 @@ def main(argv: list[str] | None = None) -> int:
         f"{f'paced to {args.rate:g} msg/s, ' if args.rate else ''}{args.seconds:g} s "
         f"x{args.repeat} per server and count, {run.placement.describe()})"
     )
-    print(results_table(rows))
+    print(results_table(rows, args.baseline is not None))
     goal_rows = goals(rows)
     if goal_rows:
         print()
         harness.print_goals(goal_rows)
+    checks: list[dict[str, Any]] = []
+    if args.baseline is not None:
+        checks = harness.baseline_checks(
+            rows,
+            ["connections"],
+            [
+                ("CPU/msg", "us_per_msg"),
+                ("CPU/msg best", "best_us_per_msg"),
+                ("p50", "p50_us"),
+                ("p99", "p99_us"),
+            ],
+            lambda row: f"x{row['connections']}",
+        )
+        harness.print_baseline(checks, args.baseline)
     run.finish(
         "sync_echo",
-        "kinds connections size msg_type seconds warmup repeat rate",
+        "kinds connections size msg_type seconds warmup repeat rate baseline",
         results=rows,
         goals=goal_rows,
+        baseline_checks=checks,
     )
     return 0
 
