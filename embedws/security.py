@@ -28,6 +28,7 @@ front refuses any other value with 400 before either check runs.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Collection
@@ -63,6 +64,7 @@ _DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
 _HOST = re.compile(r"(?:([A-Za-z0-9._-]+)|\[([0-9A-Fa-f:.]+)\])(?::([0-9]{1,5}))?")
 
 
+@functools.lru_cache(maxsize=1024)  # few distinct Hosts: parsed once each
 def split_host(value: str) -> tuple[str, int | None] | None:
     """(host, port) of a ``Host`` header value, or ``None`` if it is not ``host[:port]``.
 
@@ -87,6 +89,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
     return name.lower(), number
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback_name(host: str) -> bool:
     """True for ``localhost``, 127.0.0.0/8 and ``[::1]`` (already normalized, no port)."""
     if host == "localhost":

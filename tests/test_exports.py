@@ -33,7 +33,7 @@ MODULES = [
     "embedws.sync.bridge.pings",
     "embedws.sync.bridge.greenlets",
     "embedws.sync.bridge.logs",
-    "embedws.sync.bridge.switches",
+    "embedws.switches",
     "embedws.sync.server",
     "embedws.sync.websocket",
 ]

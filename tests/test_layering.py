@@ -20,6 +20,7 @@ PURE = [
     "routing",
     "security",
     "state",
+    "switches",
     "tls",
 ]
 

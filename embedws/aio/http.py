@@ -39,7 +39,7 @@ import email.utils
 import logging
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import h11
 from websockets.datastructures import Headers as WSHeaders
@@ -48,6 +48,7 @@ from websockets.http11 import Response as WSResponse
 
 from ..errors import BadRequest, HTTPException, NotFound
 from ..handshake import is_upgrade, refuse_cross_site, refuse_upgrade
+from ..protocol import ServerProtocol
 from ..request import Request, check_head
 from ..response import FileResponse, HTTPResponse, error_response
 from ..routing import Route
@@ -107,6 +108,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
         # of the start of the wait for the next request.
         self._first_byte = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # loop time when the request (or the idle wait) times out
         self._write_timer: asyncio.TimerHandle | None = None
         self._writing_paused = False
         self._drain_then_continue = False  # the next request waits for the answer to drain
@@ -230,23 +232,50 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self._busy = True
         self._cancel_timer()
         self.transport.pause_reading()
+        if not self.server.has_middleware and self._answer_now(request):
+            return
         self._task = self.server.loop.create_task(self._respond(request))
 
     # Answering ------------------------------------------------------------------
+
+    def _answer_now(self, request: Request) -> bool:
+        """Answer, without a task, a request that needs no await; False if it does.
+
+        With no middleware to await, the Host refusal and the whole websocket
+        upgrade are plain calls: a task per handshake (and a pass of the loop
+        to start it) would cost more than the rest of the upgrade's own code.
+        """
+        response: HTTPResponse | None
+        try:
+            refusal = self._host_refusal(request)
+            if refusal is not None:
+                response, close = refusal, True
+            elif is_upgrade(request):
+                response, close = self._upgrade_now(request)
+            else:
+                return False
+        except Exception as exc:
+            response, close = self._failure(request, exc)
+        if response is not None:
+            self._write_response(request, response, close=close)
+        return True
 
     async def _respond(self, request: Request) -> None:
         close = False
         try:
             response, close = await self._handle(request)
-        except HTTPException as exc:
-            message = str(exc) or "error"
-            response = error_response(exc.status_code, message, self._format(request.route))
-        except Exception:
-            logger.error("error while handling %s %s", request.method, request.path, exc_info=True)
-            response = error_response(500, "internal server error", self._format(request.route))
-            close = True
+        except Exception as exc:
+            response, close = self._failure(request, exc)
         if response is not None:
             await self._send(request, response, close=close)
+
+    def _failure(self, request: Request, exc: Exception) -> tuple[HTTPResponse, bool]:
+        """The answer to a request whose handling raised ``exc``: (response, close after)."""
+        if isinstance(exc, HTTPException):
+            message = str(exc) or "error"
+            return error_response(exc.status_code, message, self._format(request.route)), False
+        logger.error("error while handling %s %s", request.method, request.path, exc_info=exc)
+        return error_response(500, "internal server error", self._format(request.route)), True
 
     def _format(self, route: Route | None) -> str | None:
         if route is not None and route.error_format is not None:
@@ -257,18 +286,9 @@ class HTTPConnection(asyncio.BufferedProtocol):
         """Route and answer one request: (response, or None if upgraded; close after)."""
         server = self.server
         config = server.config
-        host = request.header(b"host")
-        if not host_allowed(
-            host.decode("latin-1") if host is not None else None,
-            allowed=config.ALLOWED_HOSTS,
-            loopback_only=server.loopback_only,
-            named_hosts=server.named_hosts,
-        ):
-            message = (
-                f"host {request.host!r} is not served here. To allow it, add it to the "
-                "ALLOWED_HOSTS configuration key."
-            )
-            return error_response(403, message, server.error_format), True
+        refusal = self._host_refusal(request)
+        if refusal is not None:
+            return refusal, True
         if is_upgrade(request):
             return await self._upgrade(request)
         refusal = refuse_cross_site(
@@ -302,21 +322,40 @@ class HTTPConnection(asyncio.BufferedProtocol):
             )
         return result, False
 
-    async def _upgrade(self, request: Request) -> tuple[HTTPResponse | None, bool]:
+    def _host_refusal(self, request: Request) -> HTTPResponse | None:
+        """403 when the Host is not served here (the DNS-rebinding guard)."""
+        server = self.server
+        host = request.header(b"host")
+        if host_allowed(
+            host.decode("latin-1") if host is not None else None,
+            allowed=server.config.ALLOWED_HOSTS,
+            loopback_only=server.loopback_only,
+            named_hosts=server.named_hosts,
+        ):
+            return None
+        message = (
+            f"host {request.host!r} is not served here. To allow it, add it to the "
+            "ALLOWED_HOSTS configuration key."
+        )
+        return error_response(403, message, server.error_format)
+
+    def _upgrade_checks(
+        self, request: Request
+    ) -> tuple[Route, dict[str, Any], HTTPResponse | None]:
+        """Route an upgrade and check it before middleware: (route, params, refusal)."""
         server = self.server
         route, params = server.router.find(request.path, request.host, "websocket")
         request.route, request.match_info = route, params
         request.scheme = "wss" if server.tls else "ws"
         fmt = self._format(route)
         refusal = refuse_upgrade(request, server.config, tls=server.tls, error_format=fmt)
-        if refusal is not None:
-            return refusal, True
-        if server.over_capacity(route):
-            return error_response(503, "the server is at capacity; retry later", fmt), True
-        early = await server.run_request_middleware(request)
-        if early is not None:
-            return early, True
-        protocol = server.make_protocol(route)
+        if refusal is None and server.over_capacity(route):
+            refusal = error_response(503, "the server is at capacity; retry later", fmt)
+        return route, params, refusal
+
+    def _accept(self, request: Request, route: Route) -> tuple[ServerProtocol, WSResponse]:
+        """The Sans-I/O layer's answer to the handshake: key, extensions, subprotocol."""
+        protocol = self.server.make_protocol(route)
         ws_response = protocol.accept(
             WSRequest(
                 path=request.path + (f"?{request.query_string}" if request.query_string else ""),
@@ -327,25 +366,64 @@ class HTTPConnection(asyncio.BufferedProtocol):
                 protocol=f"HTTP/{request.http_version}",
             )
         )
+        return protocol, ws_response
+
+    def _refused_handshake(self, ws_response: WSResponse, route: Route) -> HTTPResponse:
+        body = ws_response.body.decode("utf-8", "replace").strip()
+        return error_response(ws_response.status_code, body, self._format(route))
+
+    def _upgrade_now(self, request: Request) -> tuple[HTTPResponse | None, bool]:
+        """The whole upgrade when no middleware runs: (refusal, close) or (None, False)."""
+        route, params, refusal = self._upgrade_checks(request)
+        if refusal is not None:
+            return refusal, True
+        protocol, ws_response = self._accept(request, route)
         if ws_response.status_code != 101:
-            body = ws_response.body.decode("utf-8", "replace").strip()
-            return error_response(ws_response.status_code, body, fmt), True
+            return self._refused_handshake(ws_response, route), True
+        self._switch(request, route, params, protocol, ws_response.serialize())
+        return None, False
+
+    async def _upgrade(self, request: Request) -> tuple[HTTPResponse | None, bool]:
+        server = self.server
+        route, params, refusal = self._upgrade_checks(request)
+        if refusal is not None:
+            return refusal, True
+        early = await server.run_request_middleware(request)
+        if early is not None:
+            return early, True
+        protocol, ws_response = self._accept(request, route)
+        if ws_response.status_code != 101:
+            return self._refused_handshake(ws_response, route), True
         response = HTTPResponse(b"", 101, list(ws_response.headers.raw_items()))
         await server.run_response_middleware(request, response)
         # Middleware awaited: the server may be stopping, or full, by now.
+        fmt = self._format(route)
         if server.closing or self.transport is None or self.transport.is_closing():
             return error_response(503, "the server is shutting down", fmt), True
         if server.over_capacity(route):
             return error_response(503, "the server is at capacity; retry later", fmt), True
         head = WSResponse(101, "Switching Protocols", WSHeaders(response.headers.items()))
+        self._switch(request, route, params, protocol, head.serialize())
+        return None, False
+
+    def _switch(
+        self,
+        request: Request,
+        route: Route,
+        params: dict[str, Any],
+        protocol: ServerProtocol,
+        head: bytes,
+    ) -> None:
+        """Hand the socket over to a websocket connection, which writes the 101 ``head``."""
+        assert self.transport is not None
         trailing, _closed = self._h11.trailing_data
         self._detached = True
         self._cancel_timer()
+        server = self.server
         server.untrack_http(self)
         server.accept_websocket(
-            self.transport, protocol, request, route, params, head.serialize(), bytes(trailing)
+            self.transport, protocol, request, route, params, head, bytes(trailing)
         )
-        return None, False
 
     async def _send(self, request: Request, response: HTTPResponse, *, close: bool) -> None:
         transport = self.transport
@@ -354,6 +432,13 @@ class HTTPConnection(asyncio.BufferedProtocol):
         response = await self.server.run_response_middleware(request, response)
         if isinstance(response, FileResponse):
             await self._send_file(request, response, close=close)
+            return
+        self._write_response(request, response, close=close)
+
+    def _write_response(self, request: Request, response: HTTPResponse, *, close: bool) -> None:
+        """Write a response whose body is in memory; then close, or read the next request."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
             return
         conn = self._h11
         close = close or self.server.closing
@@ -584,8 +669,21 @@ class HTTPConnection(asyncio.BufferedProtocol):
     # Timers ---------------------------------------------------------------------
 
     def _set_timer(self, delay: float) -> None:
-        self._cancel_timer()
-        self._timer = self.server.loop.call_later(delay, self._timed_out)
+        """Time out ``delay`` seconds from now (replacing the deadline set before).
+
+        A deadline that moves later keeps the timer already armed, which
+        re-arms itself when it fires early: a request that arrives in one
+        piece moves its deadline three times (connection, first byte, head)
+        and would otherwise make and cancel three timers.
+        """
+        loop = self.server.loop
+        deadline = loop.time() + delay
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -594,6 +692,10 @@ class HTTPConnection(asyncio.BufferedProtocol):
 
     def _timed_out(self) -> None:
         self._timer = None
+        loop = self.server.loop
+        if loop.time() < self._deadline:  # the deadline moved later meanwhile
+            self._timer = loop.call_at(self._deadline, self._timed_out)
+            return
         if self._busy or self.transport is None:
             return
         if self._idle:

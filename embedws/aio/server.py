@@ -422,6 +422,11 @@ class Server:
             result = await result
         return result
 
+    @property
+    def has_middleware(self) -> bool:
+        """Whether any ``on_request`` or ``on_response`` middleware runs."""
+        return bool(self._request_middleware or self._response_middleware)
+
     async def run_request_middleware(self, request: Request) -> HTTPResponse | None:
         for middleware in self._request_middleware:
             result = await self._call_hook(middleware, request)

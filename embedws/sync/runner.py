@@ -31,9 +31,9 @@ from ..aio.crossing import Crossing, LoopClosed, crossing_for
 from ..aio.runner import log_handler_crash
 from ..errors import ServiceUnavailable, WebsocketClosed
 from ..request import Request
+from ..switches import SCHED_BATCH
 from .bridge import DirectWriteConnection
 from .bridge.greenlets import blocking_watch, check_blocked
-from .bridge.switches import SCHED_BATCH
 from .websocket import Websocket
 
 __all__ = ["GreenletRunner", "HandlerPool", "ThreadHookRunner", "ThreadRunner", "in_handler_thread"]

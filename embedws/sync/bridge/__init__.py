@@ -49,7 +49,7 @@ connection; a hook pool thread runs ``def`` middleware and listeners
 greenlets and switch to the loop where a thread would block. The logging
 thread writes log records. User threads call the sync API and broadcast.
 
-Fast paths (``switches.py`` has one switch each)
+Fast paths (``embedws/switches.py`` has one switch each)
 ------------------------------------------------
 * Direct writes (``EMBEDWS_DIRECT_WRITES``) buy thread mode about a third of
   its CPU per message and most of its latency at one connection

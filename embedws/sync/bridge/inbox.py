@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 import greenlet
 
 from ...aio.crossing import LoopClosed
-from .switches import WAKE_BATCH
+from ...switches import WAKE_BATCH
 
 if TYPE_CHECKING:
     from ...aio.connection import Connection

@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 import greenlet
 
 from ...aio.crossing import LoopClosed, crossing_for
+from ...switches import WAKE_BATCH
 from .inbox import new_batching_loop
 from .logs import LogHandoff
-from .switches import WAKE_BATCH
 
 __all__ = ["LoopThread", "check_can_block", "close_at_exit", "run_on_loop"]
 

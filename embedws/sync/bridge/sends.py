@@ -59,9 +59,9 @@ from ...aio.connection import Websocket as AioWebsocket
 from ...aio.crossing import LoopClosed
 from ...errors import WebsocketClosed
 from ...message import Fragments
+from ...switches import DIRECT_WRITES
 from .greenlets import wait_writable
 from .inbox import Inbox, WakeBatch, wake_batch_for
-from .switches import DIRECT_WRITES
 
 __all__ = [
     "DirectWriteConnection",

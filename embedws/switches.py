@@ -1,4 +1,4 @@
-"""The fast paths of the thread bridge, and the one switch of each.
+"""The fast paths, and the one switch of each (pure: reads the environment once).
 
 Each fast path saves work on one platform (a selector event loop on Linux) and
 is skipped elsewhere; the portable path underneath is always complete. A
@@ -8,9 +8,9 @@ one whose own variable is not set (CI runs the suite so, to test the portable
 path users on other platforms run).
 
 * ``EMBEDWS_DIRECT_WRITES``: a thread-mode handler's ``send`` writes to the
-  socket from its own thread (``sends.py``).
+  socket from its own thread (``embedws/sync/bridge/sends.py``).
 * ``EMBEDWS_WAKE_BATCH``: messages for handler threads are handed over once
-  per loop pass (``inbox.py``).
+  per loop pass (``embedws/sync/bridge/inbox.py``).
 * ``EMBEDWS_SCHED_BATCH``: handler threads use Linux's ``SCHED_BATCH``
   policy (``embedws/sync/runner.py``; the config key ``SYNC_HANDLER_SCHED_BATCH``
   turns it off for one app).
