@@ -185,6 +185,7 @@ class Request:
         "ip",
         "port",
         "_config",
+        "_first",
         "_headers",
         "_args",
         "_cookies",
@@ -218,6 +219,7 @@ class Request:
         self.ip, self.port = peer if peer else ("", 0)
         self._config = config
         self._headers: Headers | None = None
+        self._first: dict[bytes, bytes] | None = None  # name -> first value, for header()
         self._args: Args | None = None
         self._cookies: dict[str, str] | None = None
         self._ctx: SimpleNamespace | None = None
@@ -231,11 +233,13 @@ class Request:
         return self._headers
 
     def header(self, name: bytes) -> bytes | None:
-        """Fast lookup of one header by its lowercase byte name."""
-        for key, value in self.raw_headers:
-            if key == name:
-                return value
-        return None
+        """Fast lookup of one header (its first value) by its lowercase byte name."""
+        first = self._first
+        if first is None:
+            first = self._first = {}
+            for key, value in self.raw_headers:
+                first.setdefault(key, value)
+        return first.get(name)
 
     @property
     def args(self) -> Args:

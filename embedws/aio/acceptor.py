@@ -252,7 +252,7 @@ class Acceptor:
 
     @property
     def pending(self) -> int:
-        """Connections accepted and not served yet (in the TLS handshake)."""
+        """TLS connections accepted and not served yet (in the TLS handshake)."""
         return len(self._connecting)
 
     def handshakes(self) -> list[tuple[float, Callable[[], object]]]:
@@ -299,8 +299,12 @@ class Acceptor:
                 continue
             backoff.accepted()
             task = loop.create_task(self._connect(conn))
-            self._connecting[task] = loop.time()
-            task.add_done_callback(self._connecting.pop)
+            if self._ssl is not None:
+                # Only TLS handshakes last long enough to be worth closing when
+                # descriptors run out (handshakes()); a plain connection is
+                # served one pass of the loop after its accept.
+                self._connecting[task] = loop.time()
+                task.add_done_callback(self._connecting.pop)
             in_a_row += 1
             if in_a_row == ACCEPT_BATCH:  # a flood of connections must not starve the loop
                 in_a_row = 0

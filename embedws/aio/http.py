@@ -107,6 +107,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
         # Loop time of the first byte of the request being read; while idle,
         # of the start of the wait for the next request.
         self._first_byte = 0.0
+        self._received = 0  # bytes received since the first byte of the request
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0  # loop time when the request (or the idle wait) times out
         self._write_timer: asyncio.TimerHandle | None = None
@@ -141,8 +142,10 @@ class HTTPConnection(asyncio.BufferedProtocol):
         if self._idle:
             self._idle = False
             self._first_byte = self.server.loop.time()
+            self._received = 0
             config = self.server.config
             self._set_timer(min(config.WEBSOCKET_TIMEOUT, config.REQUEST_TIMEOUT))
+        self._received += len(data)
         self._h11.receive_data(data)
         if not self._busy:
             self._next_event()
@@ -208,11 +211,13 @@ class HTTPConnection(asyncio.BufferedProtocol):
         elapsed = server.loop.time() - self._first_byte
         self._set_timer(max(server.config.REQUEST_TIMEOUT - elapsed, 0))
         # h11 bounds only a head that arrives in pieces; one that arrives whole
-        # is measured here.
-        head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
-        if head_size > server.config.REQUEST_MAX_HEADER_SIZE:
-            self._refuse(431, "request header fields too large")
-            return False
+        # is measured here (unless all that came is less than the limit).
+        limit = server.config.REQUEST_MAX_HEADER_SIZE
+        if self._received > limit:
+            head_size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+            if head_size > limit:
+                self._refuse(431, "request header fields too large")
+                return False
         try:
             check_head(self._request)
         except BadRequest as exc:
@@ -231,9 +236,12 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self._body.clear()
         self._busy = True
         self._cancel_timer()
-        self.transport.pause_reading()
         if not self.server.has_middleware and self._answer_now(request):
             return
+        # Nothing more is read while the answer is awaited: h11 would buffer
+        # every pipelined request meanwhile. (An answer given now needs no
+        # pause, nor the two system calls it costs.)
+        self.transport.pause_reading()
         self._task = self.server.loop.create_task(self._respond(request))
 
     # Answering ------------------------------------------------------------------
