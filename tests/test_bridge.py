@@ -1,0 +1,514 @@
+"""The thread bridge's mechanisms, each on its own (issue 21; map: ``embedws/sync/bridge/``).
+
+No server: a connection is the library's own class on one end of a
+``socket.socketpair()``, attached to a loop that the test runs in a thread of its
+own; the peer is the other end, its bytes built and parsed by the ``websockets``
+Sans-I/O client. Every wait is on an event and bounded by ``WAIT``; the few
+checks that something does *not* happen give it ``SETTLE`` to happen.
+
+The calls below that run "on the loop" go through the loop's crossing, like every
+call of the library does: a call made after another one from the same thread
+runs after it, which is what the tests use to order their observations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import gc
+import hashlib
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import OPEN
+from websockets.uri import parse_uri
+
+from embedws.aio.connection import Settings, protocol_logger
+from embedws.aio.crossing import Crossing, LoopClosed, crossing_for
+from embedws.message import Fragments
+from embedws.protocol import ServerProtocol
+from embedws.sync.bridge import DirectWriteConnection, Inbox, SendGate, run_on_loop
+from embedws.sync.bridge.inbox import new_batching_loop, wake_batch_for
+from embedws.sync.bridge.sends import send_from_thread
+from embedws.sync.bridge.switches import DIRECT_WRITES, WAKE_BATCH
+
+from .conftest import MS, LogWaiter
+
+#: How long something that must happen may take.
+WAIT = 5000 * MS
+#: How long something that must not happen is given to happen.
+SETTLE = 50 * MS
+
+#: A message far larger than a tiny socket buffer: it can only be written in parts.
+BIG = bytes(range(256)) * 1024
+#: ``SO_SNDBUF`` for the tests of partial writes (the kernel's minimum is about this).
+TINY_SNDBUF = 4096
+
+needs_direct_writes = pytest.mark.skipif(
+    not DIRECT_WRITES or os.name != "posix", reason="direct writes are off (EMBEDWS_DIRECT_WRITES)"
+)
+needs_wake_batch = pytest.mark.skipif(
+    not WAKE_BATCH, reason="wake batching is off (EMBEDWS_WAKE_BATCH)"
+)
+
+
+def noop() -> None:
+    pass
+
+
+# The loop, the connection and its peer ------------------------------------------
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """A selector loop that counts how often other threads wake it up.
+
+    Every wake-up of a loop from another thread is a ``call_soon_threadsafe``
+    (a write to its self-pipe): this counts them, and changes nothing else.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wakeups = 0
+
+    def call_soon_threadsafe(
+        self, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.Handle:
+        self.wakeups += 1
+        return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+class LoopInThread:
+    """An event loop that runs in a thread of the test's own while the block lasts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.crossing = crossing_for(loop)
+        self.pairs: list[Pair] = []
+        self._thread = threading.Thread(target=loop.run_forever, name="test-bridge-loop")
+
+    def __enter__(self) -> LoopInThread:
+        self._thread.start()
+        self.call(noop)  # it runs
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            for pair in self.pairs:
+                pair.close()
+        finally:
+            self.crossing.call(self.loop.stop)
+            self._thread.join(WAIT)
+            self.loop.close()
+
+    @property
+    def ident(self) -> int:
+        assert self._thread.ident is not None
+        return self._thread.ident
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the loop, through its crossing; return its result."""
+        result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                result.set_result(fn(*args))
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        self.crossing.call(run)
+        return result.result(WAIT)
+
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine on the loop and return its result."""
+        return run_on_loop(self.loop, self.ident, coro, WAIT)
+
+    @contextlib.contextmanager
+    def held(self, *, by_crossing: bool = True) -> Iterator[None]:
+        """Keep the loop thread busy in one callback while the block runs.
+
+        The callback is a call through the crossing, or (``by_crossing=False``)
+        a plain loop callback, which leaves the crossing idle.
+        """
+        entered, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            entered.set()
+            release.wait(WAIT)
+
+        if by_crossing:
+            self.crossing.call(hold)
+        else:
+            self.loop.call_soon_threadsafe(hold)
+        assert entered.wait(WAIT), "the loop did not run the holding callback"
+        try:
+            yield
+        finally:
+            release.set()
+
+
+class Peer:
+    """The client's end of the socketpair: frames built and parsed by ``websockets``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.protocol = ClientProtocol(parse_uri("ws://peer/"), state=OPEN, max_size=None)
+
+    def send_text(self, *texts: str, ping: bytes | None = None) -> None:
+        """Send messages, then a ``ping`` if given, all in one write (read in one pass)."""
+        for text in texts:
+            self.protocol.send_text(text.encode())
+        if ping is not None:
+            self.protocol.send_ping(ping)
+        self.flush()
+
+    def send_ping(self, data: bytes) -> None:
+        self.send_text(ping=data)
+
+    def send_close(self, code: int, reason: str) -> None:
+        self.protocol.send_close(code, reason)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what the protocol has to send (also its answers: pongs, the close reply)."""
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))
+
+    def frames(self, count: int | None) -> list[Frame]:
+        """The next ``count`` frames (``None``: until the end of the stream)."""
+        frames: list[Frame] = []
+        deadline = time.monotonic() + WAIT
+        while count is None or len(frames) < count:
+            remaining = deadline - time.monotonic()
+            readable, _, _ = select.select([self.sock], [], [], max(remaining, 0))
+            if not readable:
+                raise AssertionError(f"after {shown(frames)}, nothing more came in time")
+            data = self.sock.recv(1 << 20)
+            if data:
+                self.protocol.receive_data(data)
+            else:
+                self.protocol.receive_eof()
+            frames.extend(self.protocol.events_received())
+            if self.protocol.parser_exc is not None:
+                raise AssertionError(
+                    f"the stream broke after {shown(frames)}: {self.protocol.parser_exc!r}"
+                )
+            if not data:
+                break
+        return frames
+
+    def nothing_within(self, seconds: float) -> bool:
+        """True if no byte arrives within ``seconds``."""
+        readable, _, _ = select.select([self.sock], [], [], seconds)
+        return not readable
+
+
+class Pair:
+    """A connection on a socketpair, wired as a thread-mode handler's websocket is.
+
+    The connection is a :class:`DirectWriteConnection` attached to the loop like
+    the server attaches one after the 101; its consumer is an :class:`Inbox`
+    with its :class:`SendGate`, as ``sync.Websocket`` installs them.
+    """
+
+    def __init__(
+        self,
+        loop: LoopInThread,
+        *,
+        max_queue: int = 32,
+        batch_wakes: bool = True,
+        sndbuf: int | None = None,
+    ) -> None:
+        ours, theirs = socket.socketpair()
+        if sndbuf is not None:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        settings = Settings(ping_interval=None, ping_timeout=None, max_queue=max_queue)
+        self.loop = loop
+        self.conn = DirectWriteConnection(
+            ServerProtocol(state=OPEN, max_size=None, logger=protocol_logger),
+            settings,
+            loop.loop,
+        )
+        self.gate = SendGate(settings.write_limit)
+        self.inbox = Inbox(self.conn, self.gate, batch_wakes=batch_wakes)
+        self.peer = Peer(theirs)
+        loop.pairs.append(self)
+        loop.run(self._attach(ours))
+
+    async def _attach(self, sock: socket.socket) -> None:
+        transport, _ = await self.loop.loop.connect_accepted_socket(asyncio.Protocol, sock)
+        self.conn.set_consumer(self.inbox)
+        self.conn.attach(transport)  # type: ignore[arg-type]
+
+    def reading(self) -> tuple[bool, bool]:
+        """(the connection's ``reading_paused``, its transport's ``is_reading()``), on the loop."""
+        return self.loop.call(lambda: (self.conn.reading_paused, self.conn.transport.is_reading()))
+
+    def write_buffer_size(self) -> int:
+        return int(self.loop.call(self.conn.transport.get_write_buffer_size))
+
+    def until_the_loop_waits(self) -> None:
+        """Return once the loop thread waits for I/O, with nothing left to do.
+
+        The loop's selector flushes its wake batch just before it waits: a
+        message held there reaches this thread then. Rarely, this thread runs
+        before the loop has gone on to wait; then it asks again.
+        """
+        wakes = wake_batch_for(self.loop.loop)
+        assert wakes is not None
+        for _ in range(100):
+            self.loop.crossing.call(self.inbox.put, "probe")
+            assert self.inbox.get(WAIT) == "probe"
+            if wakes.waiting:
+                return
+        raise AssertionError("the loop never waited for I/O")
+
+    def send(self, is_text: bool, payload: bytes | Fragments) -> None:
+        """Send as ``sync.Websocket.send`` does from a thread (direct, else through the gate)."""
+        assert send_from_thread(self.conn, self.conn, self.inbox, self.gate, is_text, payload)
+
+    def close(self) -> None:
+        if not self.conn.lost:
+            self.loop.call(self.conn.abort)
+            self.loop.run(self.conn.wait_lost())
+        self.peer.sock.close()
+
+
+def shown(frames: list[Frame]) -> list[tuple[str, object]]:
+    """Frames as a failed assertion can show them: large payloads by size and digest."""
+    result: list[tuple[str, object]] = []
+    for frame in frames:
+        data = bytes(frame.data)
+        if frame.opcode is Opcode.CLOSE:
+            close = Close.parse(data)
+            result.append(("CLOSE", f"{close.code} {close.reason}"))
+        elif len(data) > 64:
+            digest = hashlib.sha256(data).hexdigest()[:16]
+            result.append((frame.opcode.name, f"{len(data)} bytes, sha256 {digest}"))
+        else:
+            result.append((frame.opcode.name, data))
+    return result
+
+
+def text(data: bytes) -> Frame:
+    return Frame(Opcode.TEXT, data)
+
+
+def binary(data: bytes) -> Frame:
+    return Frame(Opcode.BINARY, data)
+
+
+def close_frame(code: int, reason: str) -> Frame:
+    return Frame(Opcode.CLOSE, Close(code, reason).serialize())
+
+
+@pytest.fixture
+def loop() -> Iterator[LoopInThread]:
+    """A loop of the kind the loop thread runs (its selector flushes a wake batch), running."""
+    with LoopInThread(new_batching_loop()) as running:
+        yield running
+
+
+# Crossing: the one way into the loop --------------------------------------------
+
+
+def test_calls_queued_while_a_run_is_scheduled_share_one_wake_up_and_run_in_order() -> None:
+    counting = CountingLoop()
+    with LoopInThread(counting) as lt:
+        ran: list[int] = []
+        done = threading.Event()
+        with lt.held():
+            before = counting.wakeups
+            for index in range(10):
+                lt.crossing.call(ran.append, index)
+            lt.crossing.call(done.set)
+            # The first call woke the loop; the others went with it.
+            assert counting.wakeups == before + 1
+            assert ran == []
+        assert done.wait(WAIT)
+        assert ran == list(range(10))
+        # A call made once that run is over wakes the loop again.
+        lt.call(noop)
+        assert counting.wakeups == before + 2
+
+
+def test_calls_from_each_thread_run_in_the_order_that_thread_made_them() -> None:
+    with LoopInThread(asyncio.new_event_loop()) as lt:
+        ran: list[tuple[str, int]] = []
+
+        def calls(name: str) -> None:
+            for index in range(2000):
+                lt.crossing.call(ran.append, (name, index))
+
+        threads = [threading.Thread(target=calls, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        lt.call(noop)  # after every call of both threads
+    for name in ("a", "b"):
+        assert [index for caller, index in ran if caller == name] == list(range(2000))
+
+
+def test_a_call_made_during_a_run_waits_for_the_next_run_and_the_loop_runs_in_between() -> None:
+    with LoopInThread(asyncio.new_event_loop()) as lt:
+        order: list[str] = []
+        running, queued = threading.Event(), threading.Event()
+
+        def first() -> None:
+            lt.loop.call_soon(order.append, "a loop callback")
+            order.append("first call")
+            running.set()
+            queued.wait(WAIT)
+
+        lt.crossing.call(first)
+        assert running.wait(WAIT)
+        lt.crossing.call(order.append, "a call made meanwhile")
+        queued.set()
+        lt.call(noop)
+    # A thread that keeps calling cannot keep the loop in one run.
+    assert order == ["first call", "a loop callback", "a call made meanwhile"]
+
+
+def test_idle_is_false_while_a_call_is_queued_or_running_and_true_after() -> None:
+    with LoopInThread(asyncio.new_event_loop()) as lt:
+        crossing = lt.crossing
+        assert crossing.idle()
+        with lt.held(by_crossing=False):  # the loop is busy, not with a call of the crossing
+            assert crossing.idle()
+            crossing.call(noop)
+            assert not crossing.idle()  # queued
+        with lt.held():
+            assert not crossing.idle()  # running
+        after = threading.Event()
+        # A loop callback scheduled by the last call runs once its run has returned.
+        crossing.call(lt.loop.call_soon, after.set)
+        assert after.wait(WAIT)
+        assert crossing.idle()
+
+
+def test_an_exception_in_one_call_is_logged_and_the_others_still_run(logs: LogWaiter) -> None:
+    def fails() -> None:
+        raise ValueError("the call failed")
+
+    with LoopInThread(asyncio.new_event_loop()) as lt:
+        ran: list[str] = []
+        with lt.held():  # the three calls run in one run
+            lt.crossing.call(ran.append, "before")
+            lt.crossing.call(fails)
+            lt.crossing.call(ran.append, "after")
+        lt.call(noop)
+    assert ran == ["before", "after"]
+    record = logs.wait_for("error in a call from another thread", level=logging.ERROR)
+    assert record.name == "embedws.loop"
+    assert record.exc_info is not None
+    assert "ValueError: the call failed" in logging.Formatter().formatException(record.exc_info)
+
+
+def test_a_call_on_a_closed_loop_raises_loop_closed() -> None:
+    loop = asyncio.new_event_loop()
+    crossing = Crossing(loop)
+    loop.close()
+    for _ in range(2):  # a refused call leaves no run pending: the next one is refused too
+        with pytest.raises(LoopClosed):
+            crossing.call(noop)
+
+
+def test_a_call_on_a_loop_that_is_gone_raises_loop_closed() -> None:
+    loop = asyncio.new_event_loop()
+    crossing = Crossing(loop)
+    loop.close()
+    del loop
+    gc.collect()
+    with pytest.raises(LoopClosed):
+        crossing.call(noop)
+
+
+# SendGate: bytes in flight bound the senders --------------------------------------
+
+LIMIT = 64 * 1024
+
+
+class Sender:
+    """A thread blocked in ``gate.acquire(size, timeout)``; ``done`` once it returned."""
+
+    def __init__(self, gate: SendGate, size: int, timeout: float = 2 * WAIT) -> None:
+        self.done = threading.Event()
+        self.result: bool | None = None
+        self._thread = threading.Thread(target=self._acquire, args=(gate, size, timeout))
+        self._thread.start()
+
+    def _acquire(self, gate: SendGate, size: int, timeout: float) -> None:
+        self.result = gate.acquire(size, timeout)
+        self.done.set()
+
+    def join(self) -> None:
+        self._thread.join(2 * WAIT)
+
+
+def test_bytes_in_flight_block_a_second_sender_until_they_are_released() -> None:
+    gate = SendGate(LIMIT)
+    assert gate.acquire(LIMIT // 2, 0)
+    assert gate.acquire(1000, 0)  # what still fits passes at once
+    sender = Sender(gate, LIMIT // 2)
+    assert not sender.done.wait(SETTLE)
+    gate.release(1000)
+    assert not sender.done.wait(SETTLE)  # still too much in flight
+    gate.release(LIMIT // 2)
+    assert sender.done.wait(WAIT)
+    assert sender.result is True
+    sender.join()
+
+
+def test_a_message_larger_than_the_limit_passes_when_nothing_else_is_in_flight() -> None:
+    gate = SendGate(LIMIT)
+    assert gate.acquire(4 * LIMIT, 0)
+    assert not gate.acquire(1, SETTLE)  # it fills the gate while in flight
+    gate.release(4 * LIMIT)
+    assert gate.acquire(1, 0)
+    assert not gate.acquire(4 * LIMIT, SETTLE)  # and waits behind anything in flight
+
+
+def test_a_paused_gate_blocks_senders_and_resuming_lets_them_go() -> None:
+    gate = SendGate(LIMIT)
+    gate.set_paused(True)
+    assert not gate.acquire(1, 0)
+    sender = Sender(gate, 1)
+    assert not sender.done.wait(SETTLE)
+    gate.set_paused(False)
+    assert sender.done.wait(WAIT)
+    assert sender.result is True
+    sender.join()
+
+
+def test_acquire_returns_false_after_its_timeout() -> None:
+    gate = SendGate(LIMIT)
+    gate.set_paused(True)
+    started = time.monotonic()
+    assert gate.acquire(1, 50 * MS) is False
+    elapsed = time.monotonic() - started
+    assert 50 * MS <= elapsed < WAIT
+
+
+def test_closing_the_gate_releases_every_waiter_and_lets_every_later_sender_through() -> None:
+    gate = SendGate(LIMIT)
+    assert gate.acquire(LIMIT, 0)
+    behind_bytes = Sender(gate, LIMIT)
+    gate.set_paused(True)
+    paused = [Sender(gate, 1) for _ in range(3)]
+    for sender in [behind_bytes, *paused]:
+        assert not sender.done.wait(SETTLE / 4)
+    gate.close()
+    for sender in [behind_bytes, *paused]:
+        assert sender.done.wait(WAIT)
+        assert sender.result is True  # their writes find the connection closed
+        sender.join()
+    assert gate.acquire(LIMIT, 0)
