@@ -35,6 +35,7 @@ from websockets.uri import parse_uri
 
 from embedws.aio.connection import Settings, protocol_logger
 from embedws.aio.crossing import Crossing, LoopClosed, crossing_for
+from embedws.errors import ConnectionClosedOK, WebsocketClosed
 from embedws.message import Fragments
 from embedws.protocol import ServerProtocol
 from embedws.sync.bridge import DirectWriteConnection, Inbox, SendGate, run_on_loop
@@ -512,3 +513,165 @@ def test_closing_the_gate_releases_every_waiter_and_lets_every_later_sender_thro
         assert sender.result is True  # their writes find the connection closed
         sender.join()
     assert gate.acquire(LIMIT, 0)
+
+
+# Inbox: complete messages from the loop to the thread that reads ----------------
+
+
+def test_messages_come_out_in_order_and_a_timeout_loses_nothing(loop: LoopInThread) -> None:
+    pair = Pair(loop, batch_wakes=False)
+    with pytest.raises(TimeoutError, match="no message received in time"):
+        pair.inbox.get(SETTLE)
+    with pytest.raises(TimeoutError):
+        pair.inbox.get(0)
+    messages = [f"message {index}" for index in range(100)]
+    pair.peer.send_text(*messages)
+    assert [pair.inbox.get(WAIT) for _ in messages] == messages
+    with pytest.raises(TimeoutError):
+        pair.inbox.get(SETTLE)
+    pair.peer.send_text("after a timeout")
+    assert pair.inbox.get(WAIT) == "after a timeout"
+    # get(0) takes a message that is already there.
+    pair.peer.send_text("waiting", ping=b"read")
+    assert shown(pair.peer.frames(1)) == [("PONG", b"read")]
+    loop.call(noop)  # the loop has finished the pass that read both
+    assert pair.inbox.get(0) == "waiting"
+
+
+def test_a_close_comes_after_the_messages_queued_before_it(loop: LoopInThread) -> None:
+    pair = Pair(loop, batch_wakes=False)
+    pair.peer.send_text("one", "two")
+    pair.peer.send_close(1000, "bye")
+    assert shown(pair.peer.frames(None)) == shown([close_frame(1000, "bye")])  # then the end
+    pair.peer.sock.shutdown(socket.SHUT_WR)
+    loop.run(pair.conn.wait_lost())
+    assert pair.inbox.get(0) == "one"
+    assert pair.inbox.get(0) == "two"
+    for _ in range(2):  # and every later call
+        with pytest.raises(ConnectionClosedOK) as closed:
+            pair.inbox.get(0)
+        assert (closed.value.code, closed.value.reason) == (1000, "bye")
+        assert (closed.value.sent_code, closed.value.sent_reason) == (1000, "bye")
+
+
+def test_a_close_wakes_a_blocked_reader_after_the_messages(loop: LoopInThread) -> None:
+    pair = Pair(loop, batch_wakes=False)
+    got: list[str | bytes] = []
+    ended: list[BaseException] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        try:
+            while True:
+                got.append(pair.inbox.get(WAIT))
+        except BaseException as exc:
+            ended.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    pair.peer.send_text("one", "two")
+    pair.peer.send_close(1001, "going away")
+    pair.peer.frames(None)
+    pair.peer.sock.shutdown(socket.SHUT_WR)
+    assert done.wait(WAIT)
+    thread.join(WAIT)
+    assert got == ["one", "two"]
+    [exc] = ended
+    assert isinstance(exc, ConnectionClosedOK)
+    assert (exc.code, exc.reason) == (1001, "going away")
+
+
+def test_reading_pauses_at_max_queue_and_the_reader_that_drains_to_a_quarter_resumes_it(
+    loop: LoopInThread,
+) -> None:
+    pair = Pair(loop, max_queue=8, batch_wakes=False)
+    peer, inbox = pair.peer, pair.inbox
+
+    def read_by_loop(*texts: str) -> None:
+        # The pong proves the loop read the messages sent with the ping (in one
+        # write, so in one read); the state is asked for after that pass.
+        peer.send_text(*texts, ping=b"after %d" % len(texts))
+        assert shown(peer.frames(1)) == [("PONG", b"after %d" % len(texts))]
+
+    read_by_loop(*(f"m{index}" for index in range(7)))
+    assert pair.reading() == (False, True)
+    read_by_loop("m7")
+    assert pair.reading() == (True, False)  # paused: 8 wait
+    peer.send_text("sent while paused", ping=b"paused")
+    assert peer.nothing_within(SETTLE)  # not read: no pong
+    assert [inbox.get(0) for _ in range(5)] == ["m0", "m1", "m2", "m3", "m4"]
+    assert pair.reading() == (True, False)  # 3 wait: more than a quarter
+    assert inbox.get(0) == "m5"  # 2 wait: this reader asks the loop to resume
+    assert pair.reading() == (False, True)
+    assert shown(peer.frames(1)) == [("PONG", b"paused")]
+    assert [inbox.get(WAIT) for _ in range(3)] == ["m6", "m7", "sent while paused"]
+
+
+# WakeBatch and FlushingSelector: handed over when the loop is about to wait ------
+
+
+@needs_wake_batch
+def test_messages_put_in_one_pass_reach_their_readers_only_when_the_pass_ends(
+    loop: LoopInThread,
+) -> None:
+    first, second = Pair(loop), Pair(loop)
+    in_the_pass, pass_may_end = threading.Event(), threading.Event()
+
+    def one_pass() -> None:
+        first.inbox.put("to the first")
+        second.inbox.put("to the second")
+        in_the_pass.set()
+        pass_may_end.wait(WAIT)
+
+    loop.crossing.call(one_pass)
+    assert in_the_pass.wait(WAIT)
+    with pytest.raises(TimeoutError):
+        first.inbox.get(SETTLE)
+    with pytest.raises(TimeoutError):
+        second.inbox.get(0)
+    pass_may_end.set()
+    assert first.inbox.get(WAIT) == "to the first"
+    assert second.inbox.get(WAIT) == "to the second"
+
+
+@needs_wake_batch
+def test_readers_woken_by_one_pass_are_crowded_and_one_woken_alone_is_not(
+    loop: LoopInThread,
+) -> None:
+    pairs = [Pair(loop), Pair(loop)]
+    with loop.held():
+        for index, pair in enumerate(pairs):
+            pair.peer.send_text(f"to reader {index}")
+    # Both sockets are readable when the loop waits next: one pass reads both.
+    woken: dict[int, tuple[str | bytes, bool]] = {}
+
+    def reader(index: int) -> None:
+        inbox = pairs[index].inbox
+        woken[index] = (inbox.get(WAIT), inbox.crowded)
+
+    threads = [threading.Thread(target=reader, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert woken == {0: ("to reader 0", True), 1: ("to reader 1", True)}
+    # Alone in its pass, and with the loop idle after it: not crowded, and not
+    # delayed (the loop waits for I/O with no timeout here).
+    pairs[0].peer.send_text("alone")
+    assert pairs[0].inbox.get(WAIT) == "alone"
+    assert pairs[0].inbox.crowded is False
+
+
+@needs_wake_batch
+def test_a_close_in_the_same_pass_comes_after_the_messages_held_back(loop: LoopInThread) -> None:
+    pair = Pair(loop)
+
+    def one_pass() -> None:
+        pair.inbox.put("last words")
+        pair.inbox.close()
+
+    loop.call(one_pass)
+    assert pair.inbox.get(WAIT) == "last words"
+    with pytest.raises(WebsocketClosed):
+        pair.inbox.get(WAIT)
