@@ -35,6 +35,7 @@ from websockets.uri import parse_uri
 
 from embedws.aio.connection import Settings, protocol_logger
 from embedws.aio.crossing import Crossing, LoopClosed, crossing_for
+from embedws.aio.registry import write_to_all
 from embedws.errors import ConnectionClosedOK, WebsocketClosed
 from embedws.message import Fragments
 from embedws.protocol import ServerProtocol
@@ -675,3 +676,172 @@ def test_a_close_in_the_same_pass_comes_after_the_messages_held_back(loop: LoopI
     assert pair.inbox.get(WAIT) == "last words"
     with pytest.raises(WebsocketClosed):
         pair.inbox.get(WAIT)
+
+
+# Direct writes: the conditions that refuse the direct path -----------------------
+
+
+@needs_direct_writes
+def test_a_direct_write_goes_out_when_nothing_stands_in_its_way(loop: LoopInThread) -> None:
+    pair = Pair(loop)
+    pair.until_the_loop_waits()
+    assert pair.conn.try_send(True, b"direct")
+    assert shown(pair.peer.frames(1)) == shown([text(b"direct")])
+
+
+@needs_direct_writes
+def test_the_direct_path_is_refused_while_the_loop_is_not_waiting_for_io(
+    loop: LoopInThread,
+) -> None:
+    pair = Pair(loop)
+    with loop.held(by_crossing=False):  # busy, with the crossing idle
+        assert loop.crossing.idle()
+        assert not pair.conn.try_send(True, b"refused")
+    pair.until_the_loop_waits()
+    assert pair.conn.try_send(True, b"direct")
+    assert shown(pair.peer.frames(1)) == shown([text(b"direct")])  # the refused one never went
+
+
+@needs_direct_writes
+def test_a_direct_write_never_overtakes_what_the_thread_handed_to_the_loop(
+    loop: LoopInThread,
+) -> None:
+    pair = Pair(loop)
+    # Back to back, the send often looks while the loop still waits, before it
+    # has woken up to write the broadcast (it is not idle then): the broadcast
+    # must go first. Often, not always: hence the rounds.
+    for round in range(30):
+        pair.until_the_loop_waits()
+        loop.crossing.call(write_to_all, [pair.conn], True, b"broadcast %d" % round)
+        pair.send(True, b"sent %d" % round)
+        assert shown(pair.peer.frames(2)) == shown(
+            [text(b"broadcast %d" % round), text(b"sent %d" % round)]
+        )
+
+
+@needs_direct_writes
+def test_the_direct_path_is_refused_while_the_transport_holds_unsent_bytes(
+    loop: LoopInThread,
+) -> None:
+    pair = Pair(loop, sndbuf=TINY_SNDBUF)
+    loop.call(pair.conn.write_message, False, BIG)  # the peer does not read yet
+    assert pair.write_buffer_size() > 0
+    pair.until_the_loop_waits()
+    assert not pair.conn.try_send(True, b"refused")
+    assert shown(pair.peer.frames(1)) == shown([binary(BIG)])
+    assert pair.write_buffer_size() == 0
+    pair.until_the_loop_waits()
+    assert pair.conn.try_send(True, b"direct")
+    assert shown(pair.peer.frames(1)) == shown([text(b"direct")])
+
+
+@needs_direct_writes
+def test_the_direct_path_is_refused_while_broadcast_frames_are_held_back(
+    loop: LoopInThread,
+) -> None:
+    pair = Pair(loop, sndbuf=TINY_SNDBUF)
+    loop.call(pair.conn.write_message, False, BIG)  # the transport pauses: above its limit
+    loop.call(write_to_all, [pair.conn], True, b"held back")
+    pair.until_the_loop_waits()
+    assert not pair.conn.try_send(True, b"refused")
+    assert shown(pair.peer.frames(2)) == shown([binary(BIG), text(b"held back")])
+    pair.until_the_loop_waits()
+    assert pair.conn.try_send(True, b"direct")
+    assert shown(pair.peer.frames(1)) == shown([text(b"direct")])
+
+
+@needs_direct_writes
+def test_the_direct_path_is_refused_once_the_connection_is_closing_or_closed(
+    loop: LoopInThread,
+) -> None:
+    pair = Pair(loop)
+    loop.call(pair.conn.start_close, 1000, "bye")
+    pair.until_the_loop_waits()
+    assert not pair.conn.try_send(True, b"refused while closing")
+    assert shown(pair.peer.frames(1)) == shown([close_frame(1000, "bye")])
+    pair.peer.flush()  # the peer's close reply; the server then ends the stream
+    assert pair.peer.frames(None) == []
+    pair.peer.sock.shutdown(socket.SHUT_WR)
+    loop.run(pair.conn.wait_lost())
+    assert not pair.conn.try_send(True, b"refused once closed")
+
+
+@needs_direct_writes
+def test_no_direct_path_on_a_loop_that_does_not_say_when_it_waits() -> None:
+    with LoopInThread(asyncio.new_event_loop()) as lt:
+        pair = Pair(lt)
+        lt.call(noop)
+        assert not pair.conn.try_send(True, b"refused")
+        pair.send(True, b"through the loop")
+        assert shown(pair.peer.frames(1)) == shown([text(b"through the loop")])
+
+
+# Direct writes in part: the rest goes first, whatever the loop writes next --------
+
+
+@needs_direct_writes
+def test_the_rest_of_a_partial_direct_write_is_written_before_anything_else(
+    loop: LoopInThread,
+) -> None:
+    pair = Pair(loop, sndbuf=TINY_SNDBUF)
+    pair.until_the_loop_waits()
+    assert pair.conn.try_send(False, BIG)
+    # Its rest is pending, or in the transport's buffer: no direct write now.
+    assert not pair.conn.try_send(True, b"refused")
+    # The thread wrote what the socket took; the loop holds the rest, unsent.
+    assert 0 < pair.write_buffer_size() < len(BIG)
+    pair.peer.send_ping(b"peer's ping")
+    pair.until_the_loop_waits()  # it read the ping and answered
+    loop.call(write_to_all, [pair.conn], True, b"broadcast")
+    loop.call(pair.conn.send_ping, b"ping", None)
+    loop.call(pair.conn.start_close, 1000, "bye")
+    assert shown(pair.peer.frames(5)) == shown(
+        [
+            binary(BIG),
+            Frame(Opcode.PONG, b"peer's ping"),
+            text(b"broadcast"),
+            Frame(Opcode.PING, b"ping"),
+            close_frame(1000, "bye"),
+        ]
+    )
+
+
+class FragmentsRead(Fragments):
+    """A message that calls ``reading()`` when its first fragment is read.
+
+    A direct write frames its message under the connection's write lock, after
+    its checks and before it writes: the one moment another thread can reach
+    the loop in the middle of a direct write, and this lets a test be there.
+    """
+
+    def __init__(self, parts: list[bytes], reading: Callable[[], None]) -> None:
+        super().__init__(parts)
+        self._reading: Callable[[], None] | None = reading
+
+    def __getitem__(self, index: Any) -> Any:
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            reading()
+        return super().__getitem__(index)
+
+
+@needs_direct_writes
+@pytest.mark.parametrize("loop_write", ["broadcast", "ping", "close"])
+def test_a_loop_write_queued_during_a_partial_direct_write_lands_after_the_whole_message(
+    loop: LoopInThread, loop_write: str
+) -> None:
+    pair = Pair(loop, sndbuf=TINY_SNDBUF)
+    conn = pair.conn
+    writes: dict[str, tuple[Callable[[], object], Frame]] = {
+        "broadcast": (lambda: write_to_all([conn], True, b"broadcast"), text(b"broadcast")),
+        "ping": (lambda: conn.send_ping(b"ping", None), Frame(Opcode.PING, b"ping")),
+        "close": (lambda: conn.start_close(1000, "bye"), close_frame(1000, "bye")),
+    }
+    write, frame = writes[loop_write]
+    # Queued before the direct write hands its rest to the loop: the loop runs
+    # it first, and finds the rest waiting (it is blocked on the write lock
+    # until the direct write is over).
+    message = FragmentsRead([BIG], lambda: loop.crossing.call(write))
+    pair.until_the_loop_waits()
+    assert conn.try_send(False, message)
+    assert shown(pair.peer.frames(2)) == shown([binary(BIG), frame])
