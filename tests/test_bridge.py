@@ -726,12 +726,12 @@ def test_a_direct_write_never_overtakes_what_the_thread_handed_to_the_loop(
     # Back to back, the send often looks while the loop still waits, before it
     # has woken up to write the broadcast (it is not idle then): the broadcast
     # must go first. Often, not always: hence the rounds.
-    for round in range(30):
+    for turn in range(30):
         pair.until_the_loop_waits()
-        loop.crossing.call(write_to_all, [pair.conn], True, b"broadcast %d" % round)
-        pair.send(True, b"sent %d" % round)
+        loop.crossing.call(write_to_all, [pair.conn], True, b"broadcast %d" % turn)
+        pair.send(True, b"sent %d" % turn)
         assert shown(pair.peer.frames(2)) == shown(
-            [text(b"broadcast %d" % round), text(b"sent %d" % round)]
+            [text(b"broadcast %d" % turn), text(b"sent %d" % turn)]
         )
 
 
