@@ -39,10 +39,10 @@ from embedws.aio.registry import write_to_all
 from embedws.errors import ConnectionClosedOK, WebsocketClosed
 from embedws.message import Fragments
 from embedws.protocol import ServerProtocol
+from embedws.switches import DIRECT_WRITES, WAKE_BATCH
 from embedws.sync.bridge import DirectWriteConnection, Inbox, SendGate, run_on_loop
 from embedws.sync.bridge.inbox import new_batching_loop, wake_batch_for
 from embedws.sync.bridge.sends import send_from_thread
-from embedws.sync.bridge.switches import DIRECT_WRITES, WAKE_BATCH
 
 from .conftest import MS, LogWaiter
 
@@ -434,11 +434,6 @@ def test_a_call_on_a_loop_that_is_gone_raises_loop_closed() -> None:
         crossing.call(noop)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a loop that closes before it runs a scheduled call leaves the crossing "
-    "'scheduled' for ever; every later call is dropped silently instead of raising LoopClosed",
-)
 def test_a_call_on_a_loop_that_closed_with_a_call_pending_raises_loop_closed() -> None:
     # A loop that stopped is one that does not run: as asyncio.run() or the loop
     # thread between their last pass and close(), where a thread's call can land.

@@ -87,6 +87,12 @@ class Crossing:
             except (RuntimeError, LoopClosed) as exc:  # asyncio's "Event loop is closed"
                 self._scheduled = False
                 raise LoopClosed from exc
+        else:
+            # A run is scheduled: unless the loop closed before running it,
+            # which would strand this call (and every later one) unnoticed.
+            loop = self._loop()
+            if loop is None or loop.is_closed():
+                raise LoopClosed
 
     def _run(self) -> None:
         self._scheduled = False

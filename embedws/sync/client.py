@@ -9,7 +9,7 @@ when the last client and server are gone); the websocket it gives is the same
 thread-safe :class:`~embedws.sync.Websocket` that sync handlers get.
 
 A plain TCP client's ``send`` writes from the calling thread when that keeps
-the order (``embedws/sync/direct.py``): a client usually sends and then waits
+the order (``embedws/sync/bridge/sends.py``): a client usually sends and then waits
 for the answer, and handing each message to the loop would cost a wake-up of
 the loop thread per round trip.
 """

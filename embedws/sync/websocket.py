@@ -51,7 +51,7 @@ class Websocket:
         self._gate = SendGate(conn.settings.write_limit)
         self._inbox = Inbox(conn, self._gate, batch_wakes=batch_wakes)
         self._recv_lock = threading.Lock()  # held by the one caller inside recv()
-        # Sends from other threads may write to the socket themselves (direct.py).
+        # Sends from other threads may write to the socket themselves (bridge/sends.py).
         self._direct = conn if isinstance(conn, DirectWriteConnection) else None
         conn.set_consumer(self._inbox)
         conn.facade = self

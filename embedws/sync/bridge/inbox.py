@@ -79,7 +79,7 @@ class WakeBatch:
     def __init__(self) -> None:
         self._held: list[tuple[Inbox, str | bytes]] = []
         # True while the loop thread waits for I/O (read from any thread): a
-        # direct write then takes nothing from the loop (sync/direct.py).
+        # direct write then takes nothing from the loop (sync/bridge/sends.py).
         self.waiting = False
 
     def hold(self, inbox: Inbox, message: str | bytes) -> None:
@@ -91,7 +91,7 @@ class WakeBatch:
         if held:
             self._held = []
             # Threads woken together reply together: their sends go through the
-            # loop, which writes them all in one pass (see sync/direct.py).
+            # loop, which writes them all in one pass (see sync/bridge/sends.py).
             crowded = len(held) > 1
             for inbox, message in held:
                 inbox.deliver_held(message, crowded)

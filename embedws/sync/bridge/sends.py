@@ -130,12 +130,14 @@ class SendGate:
     Thread contract: ``acquire`` from any thread; the rest on the loop.
     """
 
-    __slots__ = ("_closed", "_inflight", "_limit", "_lock", "_paused", "_ready")
+    __slots__ = ("_changed", "_closed", "_inflight", "_limit", "_lock", "_paused")
 
     def __init__(self, limit: int) -> None:
-        self._lock = threading.Lock()  # guards _inflight, _paused, _closed and _ready
-        # Made when a sender first has to wait: most connections never do.
-        self._ready: threading.Event | None = None
+        self._lock = threading.Lock()  # guards _inflight, _paused, _closed and _changed
+        # Made when a sender first has to wait: most connections never do. A
+        # Condition, not an Event: with several senders waiting, one that
+        # cleared a shared Event could swallow the wake-up meant for another.
+        self._changed: threading.Condition | None = None
         self._inflight = 0
         self._paused = False
         self._closed = False
@@ -144,45 +146,43 @@ class SendGate:
     def acquire(self, size: int, timeout: float) -> bool:
         """Reserve ``size`` bytes; False if the gate stayed shut for ``timeout`` seconds."""
         size += _MESSAGE_COST
-        deadline = 0.0
-        while True:
-            with self._lock:
+        deadline: float | None = None
+        with self._lock:
+            while True:
                 if self._closed:
                     return True  # the caller's write will find the connection closed
                 inflight = self._inflight
                 if not self._paused and (inflight == 0 or inflight + size <= self._limit):
                     self._inflight = inflight + size
                     return True
-                ready = self._ready
-                if ready is None:
-                    ready = self._ready = threading.Event()
-                ready.clear()
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + timeout
-            if now >= deadline or not ready.wait(deadline - now):
-                return False
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + timeout
+                if now >= deadline:
+                    return False
+                changed = self._changed
+                if changed is None:
+                    changed = self._changed = threading.Condition(self._lock)
+                changed.wait(deadline - now)
 
     def release(self, size: int) -> None:
         """Give back what ``acquire(size)`` reserved: the message was written."""
         with self._lock:
             self._inflight -= size + _MESSAGE_COST
-            # Event.set takes a lock and notifies: only when someone may wait.
-            ready = self._ready
-            if ready is not None and not self._paused and not ready.is_set():
-                ready.set()
+            if self._changed is not None and not self._paused:
+                self._changed.notify_all()
 
     def set_paused(self, paused: bool) -> None:
         with self._lock:
             self._paused = paused
-            if not paused and self._ready is not None:
-                self._ready.set()
+            if not paused and self._changed is not None:
+                self._changed.notify_all()
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            if self._ready is not None:
-                self._ready.set()
+            if self._changed is not None:
+                self._changed.notify_all()
 
 
 def write_from_thread(
