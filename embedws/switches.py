@@ -11,6 +11,8 @@ path users on other platforms run).
   socket from its own thread (``embedws/sync/bridge/sends.py``).
 * ``EMBEDWS_WAKE_BATCH``: messages for handler threads are handed over once
   per loop pass (``embedws/sync/bridge/inbox.py``).
+* ``EMBEDWS_FAST_FRAMES``: whole text and binary frames are read without the
+  Sans-I/O parser (``embedws/aio/connection.py``, ``_read_whole_frames``).
 * ``EMBEDWS_SCHED_BATCH``: handler threads use Linux's ``SCHED_BATCH``
   policy (``embedws/sync/runner.py``; the config key ``SYNC_HANDLER_SCHED_BATCH``
   turns it off for one app).
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DIRECT_WRITES", "SCHED_BATCH", "WAKE_BATCH"]
+__all__ = ["DIRECT_WRITES", "FAST_FRAMES", "SCHED_BATCH", "WAKE_BATCH"]
 
 
 def _on(name: str) -> bool:
@@ -31,3 +33,4 @@ def _on(name: str) -> bool:
 DIRECT_WRITES = _on("EMBEDWS_DIRECT_WRITES")
 WAKE_BATCH = _on("EMBEDWS_WAKE_BATCH")
 SCHED_BATCH = _on("EMBEDWS_SCHED_BATCH")
+FAST_FRAMES = _on("EMBEDWS_FAST_FRAMES")
