@@ -17,6 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 import embedws
+import embedws.switches
 from embedws.errors import WebsocketClosed
 
 from .conftest import MS, RawClient, client, echo_handlers, serving, time_stop_under_clients
@@ -261,7 +262,8 @@ def test_handler_threads_run_with_sched_batch_unless_configured_off(batch: bool)
 
     with serving(app) as server, client(server.url + "/") as c:
         policy, child = map(int, c.recv(timeout=5).split())
-    expected = os.SCHED_BATCH if batch else host_policy
+    # The switch (EMBEDWS_SCHED_BATCH, or EMBEDWS_FAST_PATHS=0) turns it off for all.
+    expected = os.SCHED_BATCH if batch and embedws.switches.SCHED_BATCH else host_policy
     assert (policy, child) == (expected, expected)  # threads a handler starts inherit it
     assert os.sched_getscheduler(0) == host_policy  # the host's threads keep theirs
 
