@@ -74,6 +74,14 @@ def _sched_batch() -> None:
         logger.debug("SCHED_BATCH refused for handler threads: %s", exc)
 
 
+class NoThreads(Exception):
+    """No thread can start: the interpreter is exiting.
+
+    Python 3.12 refuses new threads once finalization has begun, which is
+    when atexit handlers (and so a server the program left open) shut down.
+    """
+
+
 class HandlerPool:
     """A bounded pool of threads that each run one handler at a time.
 
@@ -106,6 +114,9 @@ class HandlerPool:
         """Run ``fn(*args)`` on a pool thread; False when the pool is full or closed.
 
         ``reserved`` runs it even past the pool's size (never when closed).
+
+        Raises:
+            NoThreads: a thread was needed and the interpreter refused to start it.
         """
         with self._lock:
             if self._closed or (self._busy >= self._max and not reserved):
@@ -119,7 +130,12 @@ class HandlerPool:
                     target=self._work, name=f"{self._name}-{self._count}", daemon=True
                 )
                 self._threads[thread] = ""
-                thread.start()
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # "can't create new thread at interpreter shutdown"
+                    del self._threads[thread]
+                    self._busy -= 1
+                    raise NoThreads(str(exc)) from None
         self._jobs.put((fn, args))
         return True
 
@@ -241,13 +257,21 @@ class ThreadRunner:
         # Built on the loop thread, where its wake batch lives.
         ws = Websocket(conn, self._loop_ident, batch_wakes=True)
         job = _HandlerJob(handler, request, ws, params, self._running)
-        if not self._pool.try_submit(job):
+        try:
+            submitted = self._pool.try_submit(job)
+        except NoThreads:
+            conn.start_close(1001, "going away")
+            return
+        if not submitted:
             conn.start_close(1013, "try again later")
             return
         self._running.add(job)
 
     async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        return await _call_on_pool(self._pool, self._loop, fn, args, kwargs)
+        try:
+            return await _call_on_pool(self._pool, self._loop, fn, args, kwargs)
+        except NoThreads:
+            raise ServiceUnavailable("the program is exiting") from None
 
     async def shutdown(self, deadline: float) -> None:
         self._pool.close()
@@ -271,7 +295,13 @@ class ThreadHookRunner:
         self._pool = HandlerPool(max_threads, "embedws-hook")
 
     async def call(self, fn: Callable[..., Any], /, *args: Any, reserved: bool = False) -> Any:
-        return await _call_on_pool(self._pool, self._loop, fn, args, {}, reserved=reserved)
+        try:
+            return await _call_on_pool(self._pool, self._loop, fn, args, {}, reserved=reserved)
+        except NoThreads:
+            # At interpreter exit (Python 3.12) the shutdown's listeners still run,
+            # on the loop: nothing is left to serve that a blocking one would delay.
+            logger.debug("no thread can start at exit: %r runs on the loop thread", fn)
+            return fn(*args)
 
     def close(self) -> None:
         self._pool.close()
@@ -289,7 +319,12 @@ async def _call_on_pool(
     *,
     reserved: bool = False,
 ) -> Any:
-    """``fn(*args, **kwargs)`` on a thread of ``pool``; its result, on the loop."""
+    """``fn(*args, **kwargs)`` on a thread of ``pool``; its result, on the loop.
+
+    Raises:
+        ServiceUnavailable: the pool is full.
+        NoThreads: the interpreter is exiting and refuses a new thread.
+    """
     result: asyncio.Future[Any] = loop.create_future()
     crossing = crossing_for(loop)
 

@@ -88,6 +88,11 @@ class LoopThread:
         self._users = 0
         self._ready = threading.Event()
         self.loop: asyncio.AbstractEventLoop = _new_loop()
+        # Our own default executor (name lookups run on it), shut down by joining its
+        # threads: asyncio's shutdown_default_executor() starts a thread to do that,
+        # which Python 3.12 refuses at interpreter exit.
+        self._executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="embedws-lookup")
+        self.loop.set_default_executor(self._executor)
         self.crossing = crossing_for(self.loop)  # the one way into the loop
         self.ident = 0
         self._logging = LogHandoff()
@@ -140,7 +145,7 @@ class LoopThread:
             try:
                 _cancel_all(loop)
                 loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
+                self._executor.shutdown(wait=True, cancel_futures=True)
             finally:
                 asyncio.set_event_loop(None)
                 loop.close()
