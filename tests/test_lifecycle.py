@@ -178,9 +178,15 @@ def echo_then_going_away(url: str, end: Callable[[], object]) -> None:
         assert caught.value.rcvd is not None and caught.value.rcvd.code == 1001
 
 
+# A test runner started in the background (``pytest &``, a CI job) hands its
+# children SIGINT ignored, and app.run() leaves an ignored signal ignored, as
+# Python does: the programs that test Ctrl-C take it back.
+INTERRUPTIBLE = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals) -> None:
-    script = ECHO_PROGRAM + textwrap.dedent(
+    script = INTERRUPTIBLE + ECHO_PROGRAM + textwrap.dedent(
         """
         @app.after_server_start
         def ready(app):
@@ -223,7 +229,7 @@ def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_run_is_starting_stops_the_server_once_started(sig: signal.Signals) -> None:
-    script = ECHO_PROGRAM + textwrap.dedent(
+    script = INTERRUPTIBLE + ECHO_PROGRAM + textwrap.dedent(
         """
         @app.after_server_start
         def slow_start(app):

@@ -209,7 +209,13 @@ def run(start_server: Callable[[], Server]) -> None:
                 raise KeyboardInterrupt
             interrupted.append(signum)
 
-        previous = {sig: signal.signal(sig, defer) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # A signal the program was started with ignored (SIGINT for a job that
+        # a shell put in the background) stays ignored, as Python leaves it.
+        previous = {
+            sig: signal.signal(sig, defer)
+            for sig in (signal.SIGINT, signal.SIGTERM)
+            if signal.getsignal(sig) is not signal.SIG_IGN
+        }
         try:
             server = start_server()
         finally:
