@@ -186,8 +186,11 @@ INTERRUPTIBLE = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals) -> None:
-    script = INTERRUPTIBLE + ECHO_PROGRAM + textwrap.dedent(
-        """
+    script = (
+        INTERRUPTIBLE
+        + ECHO_PROGRAM
+        + textwrap.dedent(
+            """
         @app.after_server_start
         def ready(app):
             print("ready", flush=True)
@@ -199,6 +202,7 @@ def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals
         app.run(port=int(sys.argv[1]))
         print("returned", flush=True)
         """
+        )
     )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -229,8 +233,11 @@ def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_run_is_starting_stops_the_server_once_started(sig: signal.Signals) -> None:
-    script = INTERRUPTIBLE + ECHO_PROGRAM + textwrap.dedent(
-        """
+    script = (
+        INTERRUPTIBLE
+        + ECHO_PROGRAM
+        + textwrap.dedent(
+            """
         @app.after_server_start
         def slow_start(app):
             print("starting", flush=True)
@@ -243,6 +250,7 @@ def test_a_signal_while_run_is_starting_stops_the_server_once_started(sig: signa
         app.run(port=0)
         print("returned", flush=True)
         """
+        )
     )
     with subprocess.Popen(
         [sys.executable, "-c", script],
