@@ -45,6 +45,7 @@ from .connection import Connection, Settings, protocol_logger, read_buffer_for
 from .crossing import LoopClosed, crossing_for
 from .http import HTTPConnection
 from .runner import HandlerRunner, HookRunner, is_async_callable
+from .runtime import shield, timeout_at, wait_uncancellable
 
 __all__ = ["ServedApp", "Server", "serve"]
 
@@ -473,15 +474,15 @@ class Server:
 
     async def wait_closed(self) -> None:
         """Wait until the shutdown is complete."""
-        await asyncio.shield(self._closed)
+        await shield(self.loop, self._closed)
 
     async def serve_forever(self) -> None:
         """Serve until ``close()`` is called; closes the server if cancelled."""
         try:
             await self.wait_closed()
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled (asyncio.CancelledError, trio.Cancelled)
             self.close()
-            await asyncio.shield(self._closed)
+            await wait_uncancellable(self.loop, self._closed)
             raise
 
     async def _shutdown(self) -> None:
@@ -498,7 +499,7 @@ class Server:
             if self._websockets or self._http:
                 self._emptied = self.loop.create_future()
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with timeout_at(self.loop, deadline):
                         await self._emptied
                 except TimeoutError:
                     logger.warning(
