@@ -1,0 +1,466 @@
+"""The async API on both runtimes: ``aio.serve`` under asyncio and inside trio.
+
+anyio's pytest plugin runs every test here once per backend (``anyio_backend``).
+The peer is the ``websockets`` sync client or a raw socket, in a worker thread
+(``anyio.to_thread``), so the server's loop keeps running while it talks.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+import trustme
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+import embedws
+from embedws.response import text
+
+from .conftest import MS
+
+pytestmark = pytest.mark.anyio
+
+_T = TypeVar("_T")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def in_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+def raw_request(port: int, data: bytes, *, until_close: bool = False) -> bytes:
+    """Send ``data``, read until the server closes or (unless ``until_close``) one answer is in."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            answer = b"".join(chunks)
+            head, sep, body = answer.partition(b"\r\n\r\n")
+            if sep and not until_close and b"content-length:" in head.lower():
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                if len(body) >= length:
+                    break
+        return b"".join(chunks)
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def upgrade_request(path: str = "/echo", **headers: str) -> bytes:
+    lines = {
+        "Host": "127.0.0.1",
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version": "13",
+    }
+    lines.update({name.replace("_", "-"): value for name, value in headers.items()})
+    head = "".join(f"{name}: {value}\r\n" for name, value in lines.items())
+    return f"GET {path} HTTP/1.1\r\n{head}\r\n".encode()
+
+
+def make_app(**config: Any) -> embedws.App:
+    app = embedws.App("backends", config={"GRACEFUL_SHUTDOWN_TIMEOUT": 5, **config})
+
+    @app.websocket("/echo")
+    async def echo(request: Any, ws: Any) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    @app.websocket("/crash")
+    async def crash(request: Any, ws: Any) -> None:
+        await ws.recv()
+        raise ValueError("boom")
+
+    @app.websocket("/bye")
+    async def bye(request: Any, ws: Any) -> None:
+        await ws.send(f"bye {ws.subprotocol}")
+
+    @app.websocket("/members/<name>", subprotocols=["chat"])
+    async def members(request: Any, ws: Any, name: str) -> None:
+        await ws.send(
+            f"{name} {ws.subprotocol} {ws.open} {ws.closed} {request.path} "
+            f"{ws.server_state.name} {type(ws.remote_address).__name__}"
+        )
+        waiter = await ws.ping()
+        latency = await waiter
+        await ws.send(f"latency {latency >= 0}")
+        try:
+            await ws.recv(timeout=10 * MS)
+        except TimeoutError:
+            await ws.send("timeout")
+        await ws.send(await ws.recv())
+
+    @app.route("/hello")
+    async def hello(request: Any) -> Any:
+        return text(f"hello {request.args.get('name')}")
+
+    @app.route("/sync")
+    def sync_hello(request: Any) -> Any:
+        return text("from a thread", status=201)
+
+    return app
+
+
+# Handshake and messages ------------------------------------------------------
+
+
+async def test_echo_text_and_binary(anyio_backend: str) -> None:
+    app = make_app()
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def client() -> list[Any]:
+            with ws_connect(server.url + "/echo") as ws:
+                ws.send("hello")
+                first = ws.recv(timeout=5)
+                ws.send(b"\x00\xff" * 40_000)  # past one read, past the write limit
+                second = ws.recv(timeout=5)
+                ws.send(["fragmented ", "text"])
+                third = ws.recv(timeout=5)
+                return [first, second, third]
+
+        assert await in_thread(client) == ["hello", b"\x00\xff" * 40_000, "fragmented text"]
+
+
+async def test_members_ping_and_recv_timeout(anyio_backend: str) -> None:
+    app = make_app()
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def client() -> list[Any]:
+            with ws_connect(server.url + "/members/ann", subprotocols=["chat"]) as ws:
+                got = [ws.recv(timeout=5), ws.recv(timeout=5), ws.recv(timeout=5)]
+                ws.send("last")
+                got.append(ws.recv(timeout=5))
+                return got
+
+        assert await in_thread(client) == [
+            "ann chat True False /members/ann OPEN tuple",
+            "latency True",
+            "timeout",
+            "last",
+        ]
+
+
+async def test_a_handler_that_returns_closes_with_1000(anyio_backend: str) -> None:
+    app = make_app()
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def client() -> tuple[str, int | None]:
+            with ws_connect(server.url + "/bye") as ws:
+                message = ws.recv(timeout=5)
+                with pytest.raises(ConnectionClosed):
+                    ws.recv(timeout=5)
+                return str(message), ws.close_code
+
+        assert await in_thread(client) == ("bye None", 1000)
+
+
+async def test_a_crashing_handler_closes_with_1011(anyio_backend: str) -> None:
+    app = make_app()
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def client() -> int | None:
+            with ws_connect(server.url + "/crash") as ws:
+                ws.send("go")
+                with pytest.raises(ConnectionClosed):
+                    ws.recv(timeout=5)
+                return ws.close_code
+
+        assert await in_thread(client) == 1011
+
+
+async def test_a_message_over_max_size_closes_with_1009(anyio_backend: str) -> None:
+    app = make_app(WEBSOCKET_MAX_SIZE=1000)
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def client() -> tuple[str, int | None]:
+            with ws_connect(server.url + "/echo") as ws:
+                ws.send("x" * 1000)  # the limit is inclusive
+                echoed = ws.recv(timeout=5)
+                ws.send("x" * 1001)
+                with pytest.raises(ConnectionClosed):
+                    ws.recv(timeout=5)
+                return str(echoed), ws.close_code
+
+        assert await in_thread(client) == ("x" * 1000, 1009)
+
+
+# Refusals --------------------------------------------------------------------
+
+
+async def test_refusals_answer_with_the_asyncio_statuses(anyio_backend: str) -> None:
+    app = make_app()
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+        port = server.port
+
+        def statuses() -> dict[str, tuple[int, bytes]]:
+            answers = {
+                "not found": raw_request(port, upgrade_request("/nowhere")),
+                "origin": raw_request(port, upgrade_request(Origin="http://evil.example")),
+                "host": raw_request(port, upgrade_request(Host="evil.example")),
+                "bad host": raw_request(port, upgrade_request(Host="a b")),
+                "version": raw_request(port, upgrade_request(Sec_WebSocket_Version="8")),
+                "plain http": raw_request(port, b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+            }
+            return {name: (status_of(answer), answer) for name, answer in answers.items()}
+
+        got = await in_thread(statuses)
+    assert {name: status for name, (status, _) in got.items()} == {
+        "not found": 404,
+        "origin": 403,
+        "host": 403,
+        "bad host": 400,
+        "version": 426,
+        "plain http": 426,
+    }
+    assert b"WEBSOCKET_ORIGINS" in got["origin"][1]
+    assert b"ALLOWED_HOSTS" in got["host"][1]
+    assert b"sec-websocket-version: 13" in got["version"][1].lower()
+
+
+async def test_http_routes_async_and_def(anyio_backend: str) -> None:
+    app = make_app()
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+        port = server.port
+
+        def requests() -> list[bytes]:
+            # Two requests on one keep-alive connection, then a def handler.
+            both = raw_request(
+                port,
+                b"GET /hello?name=ann HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                b"GET /hello?name=bob HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                until_close=True,
+            )
+            return [both, raw_request(port, b"GET /sync HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")]
+
+        pipelined, sync_answer = await in_thread(requests)
+    assert pipelined.count(b"HTTP/1.1 200 ") == 2
+    assert pipelined.index(b"hello ann") < pipelined.index(b"hello bob")
+    assert status_of(sync_answer) == 201
+    assert sync_answer.endswith(b"from a thread")
+
+
+# TLS and Unix sockets ----------------------------------------------------------
+
+
+async def test_tls(anyio_backend: str) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    app = make_app()
+    async with embedws.aio.serve(app, "127.0.0.1", 0, ssl=server_context) as server:
+        assert server.url.startswith("wss://")
+
+        def client() -> Any:
+            with ws_connect(server.url + "/echo", ssl=client_context) as ws:
+                ws.send("secret")
+                return ws.recv(timeout=5)
+
+        assert await in_thread(client) == "secret"
+
+
+async def test_unix_socket(anyio_backend: str, tmp_path: Any) -> None:
+    from websockets.sync.client import unix_connect
+
+    path = str(tmp_path / "ws.sock")
+    app = make_app()
+    async with embedws.aio.serve(app, unix=path) as server:
+        assert server.url == f"ws+unix://{path}"
+
+        def client() -> Any:
+            with unix_connect(path, "ws://localhost/echo") as ws:
+                ws.send("local")
+                return ws.recv(timeout=5)
+
+        assert await in_thread(client) == "local"
+
+
+# Shutdown ----------------------------------------------------------------------
+
+
+async def test_leaving_the_block_closes_websockets_with_1001(anyio_backend: str) -> None:
+    app = make_app()
+    connected = threading.Event()
+    codes: list[int | None] = []
+
+    def client(url: str) -> None:
+        with ws_connect(url + "/echo") as ws:
+            ws.send("hi")
+            ws.recv(timeout=5)
+            connected.set()
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=5)
+            codes.append(ws.close_code)
+
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=client, args=(server.url,))
+        thread.start()
+        await in_thread(connected.wait, 5)
+        port = server.port
+    await in_thread(thread.join, 5)
+    assert codes == [1001]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_cancellation_closes_websockets_with_1001(anyio_backend: str) -> None:
+    app = make_app()
+    connected = threading.Event()
+    codes: list[int | None] = []
+
+    def client(url: str) -> None:
+        with ws_connect(url + "/echo") as ws:
+            ws.send("hi")
+            ws.recv(timeout=5)
+            connected.set()
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=5)
+            codes.append(ws.close_code)
+
+    thread: threading.Thread | None = None
+    with anyio.CancelScope() as scope:
+        async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+            thread = threading.Thread(target=client, args=(server.url,))
+            thread.start()
+            await in_thread(connected.wait, 5)
+            scope.cancel()
+            await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert thread is not None
+    await in_thread(thread.join, 5)
+    assert codes == [1001]
+
+
+async def test_an_exception_in_the_block_comes_out_as_it_is(anyio_backend: str) -> None:
+    app = make_app()
+    with pytest.raises(KeyError, match="mine"):
+        async with embedws.aio.serve(app, "127.0.0.1", 0):
+            raise KeyError("mine")
+
+
+# def handlers and other threads ----------------------------------------------------
+
+
+async def test_a_def_handler_in_thread_mode_echoes(anyio_backend: str) -> None:
+    app = embedws.App("threads", config={"GRACEFUL_SHUTDOWN_TIMEOUT": 5})
+
+    @app.websocket("/echo")
+    def echo(request: Any, ws: Any) -> None:
+        for message in ws:
+            ws.send(message)
+
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def client() -> list[Any]:
+            with ws_connect(server.url + "/echo") as ws:
+                got = []
+                for i in range(50):
+                    ws.send(f"m{i}")
+                    got.append(ws.recv(timeout=5))
+                return got
+
+        assert await in_thread(client) == [f"m{i}" for i in range(50)]
+
+
+async def test_a_plain_thread_broadcasts_to_a_room(anyio_backend: str) -> None:
+    app = embedws.App("rooms", config={"GRACEFUL_SHUTDOWN_TIMEOUT": 5})
+
+    @app.websocket("/room")
+    async def join(request: Any, ws: Any) -> None:
+        app.room("lobby").add(ws)
+        await ws.send("joined")
+        async for _ in ws:
+            pass
+
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def clients() -> list[Any]:
+            with ws_connect(server.url + "/room") as one, ws_connect(server.url + "/room") as two:
+                assert one.recv(timeout=5) == "joined"
+                assert two.recv(timeout=5) == "joined"
+                # This thread is not the loop's: the broadcast crosses.
+                sent = app.room("lobby").broadcast({"news": 1})
+                return [sent, one.recv(timeout=5), two.recv(timeout=5)]
+
+        assert await in_thread(clients) == [2, '{"news":1}', '{"news":1}']
+
+
+async def test_a_handler_broadcast_keeps_its_order_with_sends(anyio_backend: str) -> None:
+    app = embedws.App("order", config={"GRACEFUL_SHUTDOWN_TIMEOUT": 5})
+
+    @app.websocket("/order")
+    async def order(request: Any, ws: Any) -> None:
+        app.room("r").add(ws)
+        for i in range(20):
+            app.room("r").broadcast(f"b{i}")
+            await ws.send(f"s{i}")
+
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def client() -> list[Any]:
+            with ws_connect(server.url + "/order") as ws:
+                return [ws.recv(timeout=5) for _ in range(40)]
+
+        expected = [m for i in range(20) for m in (f"b{i}", f"s{i}")]
+        assert await in_thread(client) == expected
+
+
+async def test_greenlet_mode_is_refused_inside_trio(anyio_backend: str) -> None:
+    app = embedws.App("greenlets")
+
+    @app.websocket("/g", mode="greenlet")
+    def handler(request: Any, ws: Any) -> None:
+        ws.send("hi")
+
+    if anyio_backend == "asyncio":
+        async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+            def client() -> Any:
+                with ws_connect(server.url + "/g") as ws:
+                    return ws.recv(timeout=5)
+
+            assert await in_thread(client) == "hi"
+    else:
+        with pytest.raises(RuntimeError, match="greenlet mode"):
+            async with embedws.aio.serve(app, "127.0.0.1", 0):
+                pass
+
+
+async def test_await_serve_is_asyncio_only(anyio_backend: str) -> None:
+    if anyio_backend == "trio":
+        with pytest.raises(RuntimeError, match="async with serve"):
+            await embedws.aio.serve(make_app(), "127.0.0.1", 0)
+    else:
+        server = await embedws.aio.serve(make_app(), "127.0.0.1", 0)
+        server.close()
+        await server.wait_closed()
+
+
+async def test_refused_upgrades_reach_the_websockets_client(anyio_backend: str) -> None:
+    app = make_app()
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def client() -> int:
+            with pytest.raises(InvalidStatus) as caught:
+                ws_connect(server.url + "/nowhere")
+            return caught.value.response.status_code
+
+        assert await in_thread(client) == 404
