@@ -464,3 +464,92 @@ async def test_refused_upgrades_reach_the_websockets_client(anyio_backend: str) 
             return caught.value.response.status_code
 
         assert await in_thread(client) == 404
+
+
+# The client ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def websockets_server() -> Any:
+    """The ``websockets`` sync server (another implementation), echoing, in a thread."""
+    from websockets.sync.server import serve as ws_serve
+
+    def handler(connection: Any) -> None:
+        if connection.request.path == "/redirect":
+            return
+        for message in connection:
+            if message == "close 4000":
+                connection.close(4000, "asked")
+                return
+            connection.send(message)
+
+    def process_request(connection: Any, request: Any) -> Any:
+        if request.path == "/redirect":
+            response = connection.respond(302, "")
+            response.headers["Location"] = "/echo"
+            return response
+        return None
+
+    with ws_serve(
+        handler, "127.0.0.1", 0, subprotocols=["chat"], process_request=process_request
+    ) as server:
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            yield server
+        finally:
+            server.shutdown()
+            thread.join(5)
+
+
+async def test_the_client_against_the_websockets_server(
+    anyio_backend: str, websockets_server: Any
+) -> None:
+    port = websockets_server.socket.getsockname()[1]
+    async with embedws.aio.connect(f"ws://127.0.0.1:{port}/redirect", subprotocols=["chat"]) as ws:
+        assert ws.subprotocol == "chat"
+        await ws.send("hello")
+        assert await ws.recv(timeout=5) == "hello"
+        await ws.send(b"\x01" * 100_000)
+        assert await ws.recv(timeout=5) == b"\x01" * 100_000
+        latency = await (await ws.ping())
+        assert latency >= 0
+        await ws.send("close 4000")
+        with pytest.raises(embedws.errors.WebsocketClosed) as caught:
+            await ws.recv(timeout=5)
+        assert (caught.value.code, caught.value.reason) == (4000, "asked")
+    assert ws.closed
+
+
+async def test_the_client_with_tls_against_our_server(anyio_backend: str) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with embedws.aio.serve(make_app(), "127.0.0.1", 0, ssl=server_context) as server:
+        async with embedws.aio.connect(server.url + "/echo", ssl=client_context) as ws:
+            await ws.send("over tls")
+            assert await ws.recv(timeout=5) == "over tls"
+        # Without the CA: the certificate is refused, as an embedws error.
+        with pytest.raises(embedws.errors.TLSError, match="certificate verify failed"):
+            await embedws.aio.connect(server.url + "/echo")
+
+
+async def test_the_client_errors(anyio_backend: str) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        with pytest.raises(embedws.errors.ConnectionRefused):
+            await embedws.aio.connect(f"ws://127.0.0.1:{port}/")
+        unused.listen(1)  # accepts, never answers
+        with pytest.raises(embedws.errors.HandshakeTimeout):
+            await embedws.aio.connect(f"ws://127.0.0.1:{port}/", open_timeout=50 * MS)
+
+
+async def test_the_client_refuses_a_proxy_inside_trio(anyio_backend: str) -> None:
+    if anyio_backend == "asyncio":
+        pytest.skip("proxies work on asyncio (tests/test_client.py)")
+    with pytest.raises(embedws.errors.ProxyError, match="asyncio only"):
+        await embedws.aio.connect("ws://example.invalid/", proxy="http://127.0.0.1:1")

@@ -12,9 +12,9 @@ with the same methods, whose futures trio tasks can await.
 asyncio offers a few more things as module functions instead of loop methods
 (``shield``, ``timeout_at``, ``wait``, ``sleep``); the core reaches them here,
 passing its loop. None of them is on a per-message path: they serve closing,
-shutdown and timeouts of whole operations. This module never imports trio:
-anything that is not an asyncio loop is asked for its own method of the same
-name.
+shutdown and timeouts of whole operations. Anything that is not an asyncio
+loop is asked for its own method of the same name; trio is imported only by
+:func:`running_loop`, when no asyncio loop runs.
 
 Thread contract: every function runs on the loop's thread.
 """
@@ -24,11 +24,37 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Iterable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-__all__ = ["is_asyncio", "shield", "sleep", "timeout_at", "wait_tasks", "wait_uncancellable"]
+__all__ = [
+    "is_asyncio",
+    "running_loop",
+    "shield",
+    "sleep",
+    "timeout_at",
+    "wait_tasks",
+    "wait_uncancellable",
+]
 
 _T = TypeVar("_T")
+
+
+async def running_loop() -> asyncio.AbstractEventLoop:
+    """The running asyncio loop; inside trio, the run's loop for client connections.
+
+    Raises:
+        RuntimeError: neither asyncio nor trio (with ``embedws[trio]``) runs.
+    """
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    try:
+        from .trio_loop import client_loop  # noqa: PLC0415 - trio is an optional extra
+    except ImportError:
+        raise RuntimeError("no running event loop") from None
+    loop: asyncio.AbstractEventLoop = cast(asyncio.AbstractEventLoop, await client_loop())
+    return loop
 
 
 def is_asyncio(loop: Any) -> bool:

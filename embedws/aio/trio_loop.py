@@ -49,7 +49,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-__all__ = ["TimerHandle", "TrioFuture", "TrioLoop", "TrioTask"]
+__all__ = ["TimerHandle", "TrioFuture", "TrioLoop", "TrioTask", "client_loop"]
 
 logger = logging.getLogger("embedws.loop")
 
@@ -366,3 +366,35 @@ class TrioLoop:
 
     def __repr__(self) -> str:
         return f"<TrioLoop closed={self._closed}>"
+
+
+_client_loops: trio.lowlevel.RunVar[TrioLoop] = trio.lowlevel.RunVar("embedws_client_loop")
+
+
+async def client_loop() -> TrioLoop:
+    """The loop of this trio run's client connections (made on first use).
+
+    Client connections have no server whose nursery could hold their tasks:
+    theirs is a system nursery of the run, which trio cancels when the run
+    ends. ``async with connect(...)`` closes its connection on the way out.
+
+    Raises:
+        RuntimeError: trio is not running.
+    """
+    try:
+        return _client_loops.get()
+    except LookupError:
+        pass
+    made = trio.Event()
+
+    async def keep() -> None:
+        async with trio.open_nursery() as nursery:
+            loop = TrioLoop(nursery)
+            _client_loops.set(loop)
+            nursery.start_soon(loop.run_scheduler)
+            made.set()
+            await trio.sleep_forever()
+
+    trio.lowlevel.spawn_system_task(keep, name="embedws client connections")
+    await made.wait()
+    return _client_loops.get()

@@ -49,7 +49,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from .trio_loop import TrioLoop
 
-__all__ = ["StreamTransport"]
+__all__ = ["STREAM_ERRORS", "StreamTransport", "connect_stream"]
 
 logger = logging.getLogger("embedws.transport")
 
@@ -122,9 +122,20 @@ class StreamTransport(asyncio.Transport):
     # The connection's task -----------------------------------------------------
 
     async def run(self) -> None:
-        """Serve the connection until it is closed; then ``connection_lost``."""
+        """``connection_made``, then :meth:`serve` (an accepted connection's task)."""
         try:
             self._protocol.connection_made(self)
+        except BaseException:
+            await anyio.aclose_forcefully(self._stream)
+            raise
+        await self.serve()
+
+    async def serve(self) -> None:
+        """Pump the connection until it is closed; then ``connection_lost``.
+
+        The protocol has had its ``connection_made`` (:meth:`run`, or the client).
+        """
+        try:
             if not self._closing:
                 async with trio.open_nursery() as nursery:
                     self._scope = nursery.cancel_scope
@@ -333,3 +344,34 @@ class StreamTransport(asyncio.Transport):
 
     def __repr__(self) -> str:
         return f"<StreamTransport closing={self._closing} lost={self._lost}>"
+
+
+async def connect_stream(
+    loop: TrioLoop, protocol: Any, host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> StreamTransport:
+    """Open TCP (and TLS) to ``host:port`` for a client ``protocol``; pump it in ``loop``."""
+    stream: ByteStream
+    try:
+        if ssl_context is None:
+            stream = await anyio.connect_tcp(host, port)
+        else:
+            stream = await anyio.connect_tcp(
+                host,
+                port,
+                ssl_context=ssl_context,
+                tls_hostname=host,
+                tls_standard_compatible=False,
+            )
+    except OSError as exc:
+        # anyio tries each address and says "All connection attempts failed";
+        # the first attempt's own error (refused, unreachable) says more.
+        cause = exc.__cause__
+        if isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+        if isinstance(cause, OSError):
+            raise cause from exc
+        raise
+    transport = StreamTransport(loop, stream, protocol)
+    protocol.connection_made(transport)
+    loop.nursery.start_soon(transport.serve)
+    return transport
