@@ -553,3 +553,50 @@ async def test_the_client_refuses_a_proxy_inside_trio(anyio_backend: str) -> Non
         pytest.skip("proxies work on asyncio (tests/test_client.py)")
     with pytest.raises(embedws.errors.ProxyError, match="asyncio only"):
         await embedws.aio.connect("ws://example.invalid/", proxy="http://127.0.0.1:1")
+
+
+# Backpressure ------------------------------------------------------------------------
+
+
+async def test_floods_both_ways_pause_and_resume_without_loss(anyio_backend: str) -> None:
+    app = make_app(WEBSOCKET_MAX_QUEUE=2)
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def client() -> bool:
+            messages = [f"{i:06d}".encode() * 2000 for i in range(200)]  # 12 KB each
+            with ws_connect(server.url + "/echo", max_size=None) as ws:
+                # Everything is sent before anything is read: the server's queue
+                # fills (reading pauses), then its writes back up (sends wait).
+                sender = threading.Thread(target=lambda: [ws.send(m) for m in messages])
+                sender.start()
+                echoed = [ws.recv(timeout=10) for _ in messages]
+                sender.join(10)
+            return echoed == messages
+
+        assert await in_thread(client)
+
+
+async def test_a_peer_that_stops_reading_is_dropped_with_1011(anyio_backend: str) -> None:
+    app = embedws.App("stall", config={"WEBSOCKET_WRITE_TIMEOUT": 200 * MS})
+    outcome: list[Any] = []
+    started = threading.Event()
+    dropped = anyio.Event()  # the handler runs on this test's loop (or trio run)
+
+    @app.websocket("/flood")
+    async def flood(request: Any, ws: Any) -> None:
+        started.set()
+        try:
+            while True:
+                await ws.send(b"x" * 65536)
+        except embedws.errors.WebsocketClosed as exc:
+            outcome.append((exc.sent_code, ws.backlog() <= 4 * 65536))
+            dropped.set()
+
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(upgrade_request("/flood"))
+            await in_thread(started.wait, 5)
+            with anyio.fail_after(5):
+                await dropped.wait()
+    assert outcome == [(1011, True)]
