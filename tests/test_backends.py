@@ -296,7 +296,9 @@ async def test_unix_socket(anyio_backend: str, tmp_path: Any) -> None:
 # Shutdown ----------------------------------------------------------------------
 
 
-async def test_leaving_the_block_closes_websockets_with_1001(anyio_backend: str) -> None:
+async def test_leaving_the_block_closes_websockets_with_1001(
+    anyio_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
     app = make_app()
     connected = threading.Event()
     codes: list[int | None] = []
@@ -317,6 +319,8 @@ async def test_leaving_the_block_closes_websockets_with_1001(anyio_backend: str)
         port = server.port
     await in_thread(thread.join, 5)
     assert codes == [1001]
+    # The handler ended with its connection: the shutdown had nothing to cancel.
+    assert "still running at shutdown" not in caplog.text
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 

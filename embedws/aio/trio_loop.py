@@ -13,7 +13,8 @@ seam):
   ``set_exception``, ``done``, ``cancel``, ``add_done_callback`` as on an
   ``asyncio.Future``, and awaitable from trio tasks (the waiting task parks with
   ``trio.lowlevel.wait_task_rescheduled`` and is rescheduled by the setter). A
-  task that stops waiting (cancelled) does not cancel the future.
+  task that stops waiting (cancelled) does not cancel the future. Done
+  callbacks run when the future completes, before its waiters resume.
 * ``call_soon``/``call_later``/``call_at`` give handles with ``cancel()`` and
   ``when()``. All of one loop's callbacks run in one scheduler task, which keeps
   the timers in a heap (cancelled ones are dropped lazily, as asyncio does) and
@@ -164,12 +165,18 @@ class TrioFuture(Generic[_T]):
 
     def _finish(self, state: int) -> None:
         self._state = state
+        # Done callbacks run now, not in a later pass as on asyncio: a task
+        # woken below must find their bookkeeping done (asyncio.wait's waiter
+        # is itself a done callback, queued after the others).
+        callbacks, self._callbacks = self._callbacks, None
+        for fn in callbacks or ():
+            try:
+                fn(self)
+            except Exception:
+                logger.exception("error in a done callback of %r", self)
         waiters, self._waiters = self._waiters, None
         for task in waiters or ():
             trio.lowlevel.reschedule(task)
-        callbacks, self._callbacks = self._callbacks, None
-        for fn in callbacks or ():
-            self._loop.call_soon(fn, self)
 
     async def wait_done(self) -> None:
         """Wait until the future is done, without raising its exception."""
