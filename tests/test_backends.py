@@ -604,3 +604,77 @@ async def test_a_peer_that_stops_reading_is_dropped_with_1011(anyio_backend: str
             with anyio.fail_after(5):
                 await dropped.wait()
     assert outcome == [(1011, True)]
+
+
+# The trio loop's own parts ------------------------------------------------------------
+
+
+def test_trio_loop_timers_fire_in_order_and_cancelled_ones_never() -> None:
+    import trio
+
+    from embedws.aio.trio_loop import TrioLoop
+
+    async def main() -> list[int]:
+        fired: list[int] = []
+        async with trio.open_nursery() as nursery:
+            loop = TrioLoop(nursery)
+            nursery.start_soon(loop.run_scheduler)
+            done = trio.Event()
+            handles = [loop.call_later(i * MS, fired.append, i) for i in (4, 1, 3, 2, 0)]
+            loop.call_later(6 * MS, done.set)
+            handles[2].cancel()  # 3
+            # Many cancelled timers are compacted away, the armed ones kept.
+            for _ in range(1000):
+                loop.call_later(3600, fired.append, -1).cancel()
+            assert len(loop._timers) < 100
+            loop.call_soon(fired.append, 100)
+            with trio.fail_after(5):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+        return fired
+
+    assert trio.run(main) == [100, 0, 1, 2, 4]
+
+
+def test_trio_futures_and_tasks() -> None:
+    import trio
+
+    from embedws.aio.trio_loop import TrioLoop
+
+    async def main() -> list[Any]:
+        got: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            loop = TrioLoop(nursery)
+            nursery.start_soon(loop.run_scheduler)
+            future = loop.create_future()
+            loop.call_soon(future.set_result, "value")
+            got.append(await future)
+
+            failing = loop.create_future()
+            failing.set_exception(ValueError("no"))
+            with pytest.raises(ValueError, match="no"):
+                await failing
+
+            async def forever() -> None:
+                await trio.sleep_forever()
+
+            async def answer() -> int:
+                return 42
+
+            task = loop.create_task(forever())
+            ended = loop.create_task(answer())
+            got.append(await ended)
+            await trio.lowlevel.checkpoint()  # the task starts
+            task.cancel()
+            await task.wait_done()
+            got.append(task.cancelled())
+
+            # A waiter that gives up (its scope cancelled) leaves the future pending.
+            pending = loop.create_future()
+            with trio.move_on_after(5 * MS):
+                await pending
+            got.append(pending.done())
+            nursery.cancel_scope.cancel()
+        return got
+
+    assert trio.run(main) == ["value", 42, True, False]

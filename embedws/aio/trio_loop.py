@@ -62,16 +62,26 @@ _PENDING, _FINISHED, _CANCELLED = 0, 1, 2
 class TimerHandle:
     """A callback scheduled on a :class:`TrioLoop` (as ``asyncio.TimerHandle``)."""
 
-    __slots__ = ("_args", "_callback", "_cancelled", "_when")
+    __slots__ = ("_args", "_callback", "_cancelled", "_loop", "_when")
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(
+        self,
+        when: float,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        loop: TrioLoop | None = None,
+    ) -> None:
         self._when = when
         self._callback = callback
         self._args = args
         self._cancelled = False
+        self._loop = loop  # set while the handle waits in the loop's heap
 
     def cancel(self) -> None:
-        self._cancelled = True
+        if not self._cancelled:
+            self._cancelled = True
+            if self._loop is not None:
+                self._loop._timer_cancelled()
 
     def cancelled(self) -> bool:
         return self._cancelled
@@ -259,6 +269,7 @@ class TrioLoop:
         self._ready: deque[TimerHandle] = deque()
         self._timers: list[TimerHandle] = []  # a heap, by deadline
         self._scheduler: trio.lowlevel.Task | None = None  # set while it sleeps
+        self._cancelled_timers = 0  # cancelled handles still in _timers
         self._closed = False
 
     async def run_scheduler(self) -> None:
@@ -269,7 +280,10 @@ class TrioLoop:
                 now = self._clock.current_time()
                 while timers and (timers[0]._cancelled or timers[0]._when <= now):
                     handle = heapq.heappop(timers)
-                    if not handle._cancelled:
+                    handle._loop = None
+                    if handle._cancelled:
+                        self._cancelled_timers -= 1
+                    else:
                         ready.append(handle)
                 # Only what is ready now: callbacks that queue more wait for the next pass.
                 for _ in range(len(ready)):
@@ -286,6 +300,23 @@ class TrioLoop:
         finally:
             self._scheduler = None
             self._closed = True
+
+    def _timer_cancelled(self) -> None:
+        # Cancelled timers leave the heap when their deadline comes; when they
+        # are most of it (HTTP request timers re-armed under load), drop them
+        # all at once, as asyncio does, so the heap stays as big as what is armed.
+        self._cancelled_timers += 1
+        timers = self._timers
+        if self._cancelled_timers > 100 and self._cancelled_timers * 2 > len(timers):
+            kept = []
+            for handle in timers:
+                if handle._cancelled:
+                    handle._loop = None
+                else:
+                    kept.append(handle)
+            heapq.heapify(kept)
+            timers[:] = kept  # in place: the scheduler holds this list
+            self._cancelled_timers = 0
 
     def _abort_sleep(self, _: Any) -> trio.lowlevel.Abort:
         self._scheduler = None
@@ -328,7 +359,7 @@ class TrioLoop:
     def call_at(
         self, when: float, callback: Callable[..., Any], *args: Any, context: Any = None
     ) -> TimerHandle:
-        handle = TimerHandle(when, callback, args)
+        handle = TimerHandle(when, callback, args, self)
         timers = self._timers
         heapq.heappush(timers, handle)
         if timers[0] is handle:
