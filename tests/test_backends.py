@@ -678,3 +678,49 @@ def test_trio_futures_and_tasks() -> None:
         return got
 
     assert trio.run(main) == ["value", 42, True, False]
+
+
+async def test_a_static_file_is_streamed(anyio_backend: str, tmp_path: Any) -> None:
+    content = bytes(range(256)) * 4096  # 1 MiB: several chunks, past the write limit
+    (tmp_path / "data.bin").write_bytes(content)
+    app = make_app()
+    app.static("/files", tmp_path)
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+        port = server.port
+        answer = await in_thread(
+            raw_request, port, b"GET /files/data.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert status_of(head) == 200
+    assert body == content
+
+
+async def test_leaving_the_block_ends_a_def_handler_blocked_in_recv(anyio_backend: str) -> None:
+    app = embedws.App("blocked", config={"GRACEFUL_SHUTDOWN_TIMEOUT": 5})
+    entered = threading.Event()
+    ended: list[str] = []
+
+    @app.websocket("/wait")
+    def wait(request: Any, ws: Any) -> None:
+        entered.set()
+        try:
+            ws.recv()
+        except embedws.errors.WebsocketClosed as exc:
+            ended.append(f"closed {exc.sent_code}")
+
+    codes: list[int | None] = []
+
+    def client(url: str) -> None:
+        with ws_connect(url + "/wait") as ws:
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=5)
+            codes.append(ws.close_code)
+
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=client, args=(server.url,))
+        thread.start()
+        await in_thread(entered.wait, 5)
+    # The block waited for the handler thread to see the close.
+    assert ended == ["closed 1001"]
+    await in_thread(thread.join, 5)
+    assert codes == [1001]
