@@ -724,3 +724,20 @@ async def test_leaving_the_block_ends_a_def_handler_blocked_in_recv(anyio_backen
     assert ended == ["closed 1001"]
     await in_thread(thread.join, 5)
     assert codes == [1001]
+
+
+async def test_a_host_list_listens_on_one_port(anyio_backend: str) -> None:
+    app = make_app()
+    async with embedws.aio.serve(app, ["127.0.0.1", "::1"], 0) as server:
+        port = server.port
+        assert server.urls == [f"ws://127.0.0.1:{port}", f"ws://[::1]:{port}"]
+
+        def client() -> list[Any]:
+            got = []
+            for url in server.urls:
+                with ws_connect(url + "/echo") as ws:
+                    ws.send(url)
+                    got.append(ws.recv(timeout=5))
+            return got
+
+        assert await in_thread(client) == server.urls
