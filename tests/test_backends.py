@@ -104,6 +104,7 @@ def make_app(**config: Any) -> embedws.App:
             await ws.recv(timeout=10 * MS)
         except TimeoutError:
             await ws.send("timeout")
+        await ws.send(f"wait_closed {await ws.wait_closed(timeout=5 * MS)}")
         await ws.send(await ws.recv())
 
     @app.route("/hello")
@@ -143,7 +144,7 @@ async def test_members_ping_and_recv_timeout(anyio_backend: str) -> None:
 
         def client() -> list[Any]:
             with ws_connect(server.url + "/members/ann", subprotocols=["chat"]) as ws:
-                got = [ws.recv(timeout=5), ws.recv(timeout=5), ws.recv(timeout=5)]
+                got = [ws.recv(timeout=5) for _ in range(4)]
                 ws.send("last")
                 got.append(ws.recv(timeout=5))
                 return got
@@ -152,6 +153,7 @@ async def test_members_ping_and_recv_timeout(anyio_backend: str) -> None:
             "ann chat True False /members/ann OPEN tuple",
             "latency True",
             "timeout",
+            "wait_closed False",
             "last",
         ]
 
@@ -741,3 +743,24 @@ async def test_a_host_list_listens_on_one_port(anyio_backend: str) -> None:
             return got
 
         assert await in_thread(client) == server.urls
+
+
+async def test_a_bound_socket_and_an_early_close(anyio_backend: str) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = make_app()
+    async with embedws.aio.serve(app, sock=sock) as server:
+        assert server.port == port
+
+        def client() -> Any:
+            with ws_connect(f"ws://127.0.0.1:{port}/echo") as ws:
+                ws.send("bound")
+                return ws.recv(timeout=5)
+
+        assert await in_thread(client) == "bound"
+        # Closing inside the block is allowed; leaving it then has nothing left to do.
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
