@@ -266,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         import json
 
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"settings": vars(args), "results": rows}, indent=2, default=str)
+        )
     return 0
 
 
