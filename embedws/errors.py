@@ -1,9 +1,9 @@
 """Exceptions raised by embedws.
 
-Every exception embedws raises derives from :class:`EmbedwsError`; exceptions of
+Every exception embedws raises derives from `EmbedwsError`; exceptions of
 the libraries underneath (``websockets``, ``h11``, ``anyio``) are translated at
 the edge where they occur and kept as ``__cause__``. Timeouts raise the builtin
-:class:`TimeoutError`.
+`TimeoutError`.
 
 .. code-block:: text
 

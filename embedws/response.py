@@ -42,7 +42,7 @@ HeadersLike = Mapping[str, str] | Headers | Iterable[tuple[str, str]] | None
 
 
 class HTTPResponse:
-    """An HTTP response: ``status``, ``headers`` (a :class:`Headers`) and ``body``.
+    """An HTTP response: ``status``, ``headers`` (a `Headers`) and ``body``.
 
     ``on_response`` middleware may change ``headers`` (also on the 101 of a
     websocket upgrade, where the body is ignored).
@@ -95,7 +95,7 @@ def json(
     *,
     dumps: Any = None,
 ) -> HTTPResponse:
-    """A JSON response; ``dumps`` replaces :func:`json.dumps`."""
+    """A JSON response; ``dumps`` replaces `json.dumps()`."""
     encoded = (dumps or _compact_dumps)(body)
     return HTTPResponse(encoded, status, headers, "application/json")
 
@@ -175,8 +175,8 @@ class FileResponse(HTTPResponse):
     """A file's content, streamed from disk by the event loop when sent.
 
     ``body`` is empty: the bytes are read in chunks as the client takes them.
-    :meth:`plan` decides what to send for a request (200, 206, 304 or 416).
-    Made by :func:`file`. Thread contract: as :class:`HTTPResponse`.
+    `plan()` decides what to send for a request (200, 206, 304 or 416).
+    Made by `file()`. Thread contract: as `HTTPResponse`.
     """
 
     __slots__ = ("etag", "last_modified", "mtime_ns", "path", "size")
@@ -229,7 +229,7 @@ class FileResponse(HTTPResponse):
 
 
 class FilePlan(NamedTuple):
-    """What :meth:`FileResponse.plan` decided: send ``length`` bytes from ``offset``."""
+    """What `FileResponse.plan()` decided: send ``length`` bytes from ``offset``."""
 
     status: int
     headers: list[tuple[str, str]]
@@ -237,7 +237,7 @@ class FilePlan(NamedTuple):
     length: int
 
 
-#: What :func:`parse_range` returns for a range that no byte of the file satisfies.
+#: What `parse_range()` returns for a range that no byte of the file satisfies.
 UNSATISFIABLE = "unsatisfiable"
 
 
@@ -245,7 +245,7 @@ def parse_range(value: str, size: int) -> tuple[int, int] | str | None:
     """The byte range ``(first, last)`` (inclusive) a ``Range`` header asks of ``size`` bytes.
 
     Returns:
-        The range; :data:`UNSATISFIABLE` when no byte of it exists (416);
+        The range; `UNSATISFIABLE` when no byte of it exists (416);
         ``None`` when the header is to be ignored (not ``bytes=``, malformed,
         or several ranges, which this server answers with the whole file, as
         RFC 9110 §14.2 allows).

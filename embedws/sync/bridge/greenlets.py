@@ -9,7 +9,7 @@ from inside a protocol callback) when the event may have happened; each park
 loop re-checks its condition, so a stale wake-up is harmless.
 
 A greenlet handler must not block on anything else (``time.sleep``, blocking
-I/O): that freezes every connection. :func:`sleep` is the sleep that switches;
+I/O): that freezes every connection. `sleep()` is the sleep that switches;
 ``LOOP_BLOCK_WARNING`` logs the handler that ran too long without switching.
 """
 
