@@ -563,6 +563,9 @@ class connect(ConnectSpec):  # noqa: N801 - used like a function, as websockets.
     whenever the connection drops (transient connection errors are retried,
     others raised).
 
+    Thread contract: call and await it on one running event loop; the websocket
+    it gives belongs to that loop (other threads use [`embedws.sync.connect`][]).
+
     Args:
         uri: ``ws://`` or ``wss://`` URI.
         subprotocols: subprotocols to offer, in order of preference.
