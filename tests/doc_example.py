@@ -2,8 +2,8 @@
 
 Each ```` ```python ```` block is preceded by an HTML comment that says how to run it:
 
-* ``<!-- doc-example: fragment -->`` — only compiled (it refers to names defined elsewhere,
-  or needs a display);
+* ``<!-- doc-example: fragment -->`` — only compiled, top-level ``await`` allowed (it refers
+  to names defined elsewhere, or needs a display);
 * ``<!-- doc-example: echoes /ws /feed -->`` — the block defines one ``embedws.App``; a
   top-level ``app.run(...)`` is left out, the app is served on port 0 and each path must echo
   a text and a binary message to an independent client (``websockets``);
@@ -63,7 +63,7 @@ def examples(path: Path) -> list[Example]:
     found = []
     for match in _FENCE.finditer(text):
         before = text[: match.start()].rstrip()
-        marker = _MARKER.search(before[before.rfind("\n") + 1 :] if "\n" in before else before)
+        marker = _MARKER.search(before[before.rfind("\n") + 1 :])
         line = text.count("\n", 0, match.start()) + 1
         found.append(Example(path, line, marker and marker.group(1), match.group(1)))
     return found
@@ -80,7 +80,8 @@ def run(example: Example) -> None:
     )
     mode, _, rest = example.marker.partition(" ")
     if mode == "fragment":
-        compile(example.source, example.name, "exec")
+        # A fragment may show async code at the top level, as one would type it in a coroutine.
+        compile(example.source, example.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     elif mode == "echoes":
         paths = rest.split()
         assert paths, f"{example.name}: 'echoes' needs at least one path"

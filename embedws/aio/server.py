@@ -550,6 +550,10 @@ class serve:  # noqa: N801 - used like a function, as websockets.serve is
     Also awaitable: ``server = await serve(app, ...)``; then ``server.close()``
     and ``await server.wait_closed()``.
 
+    Thread contract: call it on the running event loop that is to serve; the
+    server it gives belongs to that loop (other threads use ``app.broadcast``
+    and rooms, or ``app.start()`` for a server on a loop thread of its own).
+
     Args:
         app: the application.
         host: address or list of addresses to listen on (default loopback).

@@ -156,5 +156,8 @@ def reconnect(uri: str, **options: Any) -> Reconnect:
 
     Takes the options of `connect()`, and ``reconnect_delays``: a callable
     returning the delays between attempts (default: exponential backoff).
+
+    Thread contract: iterate it on one thread at a time, not on an event loop
+    thread (it blocks); each websocket it gives is thread-safe.
     """
     return Reconnect(uri, **options)

@@ -155,7 +155,11 @@ def park_until_closed(conn: Connection, inbox: Inbox, timeout: float | None) -> 
 
 
 def sleep(seconds: float) -> None:
-    """Sleep; in a greenlet handler, switch to the loop meanwhile instead of blocking it."""
+    """Sleep; in a greenlet handler, switch to the loop meanwhile instead of blocking it.
+
+    Thread contract: any thread, and greenlet handlers on the loop thread; elsewhere on
+    an event loop thread it would block the loop like ``time.sleep``.
+    """
     current = greenlet.getcurrent()
     if current.parent is None:
         time.sleep(seconds)
