@@ -6,7 +6,7 @@ The core holds its event loop as ``self.loop`` and calls that object's methods:
 ``create_future``, ``call_soon``, ``call_later``, ``call_at``, ``time``,
 ``create_task``, ``call_soon_threadsafe``, ``is_closed``. Under asyncio that
 object *is* the asyncio loop, so the protocol pump pays nothing for the seam;
-inside trio it is a :class:`~embedws.aio.trio_loop.TrioLoop`, a small object
+inside trio it is a `TrioLoop`, a small object
 with the same methods, whose futures trio tasks can await.
 
 asyncio offers a few more things as module functions instead of loop methods
@@ -14,7 +14,7 @@ asyncio offers a few more things as module functions instead of loop methods
 passing its loop. None of them is on a per-message path: they serve closing,
 shutdown and timeouts of whole operations. Anything that is not an asyncio
 loop is asked for its own method of the same name; trio is imported only by
-:func:`running_loop`, when no asyncio loop runs.
+`running_loop()`, when no asyncio loop runs.
 
 Thread contract: every function runs on the loop's thread.
 """

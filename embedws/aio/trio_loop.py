@@ -4,12 +4,12 @@ Theory of operation
 -------------------
 The core (connections, the HTTP front, the server, the runners, the crossing)
 calls a handful of methods on the object it holds as ``self.loop``. On asyncio
-that is the asyncio loop; inside ``trio.run`` it is a :class:`TrioLoop`, which
+that is the asyncio loop; inside ``trio.run`` it is a `TrioLoop`, which
 provides the same methods with trio underneath, so that one copy of the
 websocket logic runs on both (``embedws/aio/runtime.py`` has the rest of the
 seam):
 
-* ``create_future()`` gives a :class:`TrioFuture`: ``set_result``,
+* ``create_future()`` gives a `TrioFuture`: ``set_result``,
   ``set_exception``, ``done``, ``cancel``, ``add_done_callback`` as on an
   ``asyncio.Future``, and awaitable from trio tasks (the waiting task parks with
   ``trio.lowlevel.wait_task_rescheduled`` and is rescheduled by the setter). A
@@ -22,7 +22,7 @@ seam):
   server instead of one cancel scope per timer, which keeps arming and
   cancelling a timer (several per request) a heap push and a flag.
 * ``create_task(coro)`` starts the coroutine in the loop's nursery inside a
-  cancel scope of its own; the :class:`TrioTask` is a future of its result, and
+  cancel scope of its own; the `TrioTask` is a future of its result, and
   ``cancel()`` cancels that scope. An exception escaping a task is logged, never
   left to take the nursery (and the server) down.
 * ``call_soon_threadsafe`` is ``TrioToken.run_sync_soon``: the crossing
@@ -60,7 +60,7 @@ _PENDING, _FINISHED, _CANCELLED = 0, 1, 2
 
 
 class TimerHandle:
-    """A callback scheduled on a :class:`TrioLoop` (as ``asyncio.TimerHandle``)."""
+    """A callback scheduled on a `TrioLoop` (as ``asyncio.TimerHandle``)."""
 
     __slots__ = ("_args", "_callback", "_cancelled", "_loop", "_when")
 
@@ -216,7 +216,7 @@ class TrioFuture(Generic[_T]):
 
 
 class TrioTask(TrioFuture[_T]):
-    """A coroutine running in a :class:`TrioLoop`'s nursery, as an ``asyncio.Task``.
+    """A coroutine running in a `TrioLoop`'s nursery, as an ``asyncio.Task``.
 
     Thread contract: the loop's thread only.
     """

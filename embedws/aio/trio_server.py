@@ -2,12 +2,12 @@
 
 Theory of operation
 -------------------
-Inside trio, ``async with serve(app, ...)`` builds a :class:`TrioServing`. It
+Inside trio, ``async with serve(app, ...)`` builds a `TrioServing`. It
 opens a nursery in the caller's task and starts one host task in it; the host
 task opens a *shielded* cancel scope and, inside it, the nursery where every
-task of the server lives: the :class:`~embedws.aio.trio_loop.TrioLoop`'s
-scheduler, one accept loop per listening socket (:class:`TrioListener`), one
-task per connection (:class:`~embedws.aio.trio_transport.StreamTransport`),
+task of the server lives: the `TrioLoop`'s
+scheduler, one accept loop per listening socket (`TrioListener`), one
+task per connection (`StreamTransport`),
 the ``async def`` handlers and the HTTP handlers' tasks.
 
 The shield is what makes cancellation graceful: when the block around
@@ -18,8 +18,8 @@ accepting, close 1001 to every websocket, wait for handlers at most
 and the nursery closes. Nothing the server started outlives the block, and the
 block's own exception (a ``Cancelled`` included) comes out unchanged.
 
-The server core is :class:`~embedws.aio.server.Server` itself; only listening
-differs (:meth:`TrioServer._listen`): anyio's TCP and Unix listeners, or a
+The server core is `Server` itself; only listening
+differs (`TrioServer._listen()`): anyio's TCP and Unix listeners, or a
 socket the caller bound, and TLS by wrapping each accepted stream in anyio's
 ``TLSStream`` (the handshake bounded by ``WEBSOCKET_TIMEOUT``). The asyncio
 accept loop's handling of descriptor exhaustion (``embedws/aio/acceptor.py``)
@@ -130,7 +130,7 @@ class TrioListener:
 
 
 class TrioServer(Server):
-    """A :class:`~embedws.aio.server.Server` listening through anyio, inside trio.
+    """A `Server` listening through anyio, inside trio.
 
     Thread contract: use it on the trio thread only.
     """

@@ -2,13 +2,13 @@
 
 Theory of operation
 -------------------
-The core's protocols (:class:`~embedws.aio.http.HTTPConnection`, then a
-:class:`~embedws.aio.connection.Connection` after the 101) are written against
-the asyncio transport/protocol contract. :class:`StreamTransport` keeps that
+The core's protocols (`HTTPConnection`, then a
+`Connection` after the 101) are written against
+the asyncio transport/protocol contract. `StreamTransport` keeps that
 contract over an anyio ``ByteStream`` (TCP, Unix, or a ``TLSStream`` around
 either) so that the same protocol objects run inside trio unchanged:
 
-* One task per connection (:meth:`StreamTransport.run`) owns a small nursery:
+* One task per connection (`StreamTransport.run()`) owns a small nursery:
   a reader task and the writer loop. The reader calls ``data_received`` with
   each chunk, stops while ``pause_reading`` is in force (a chunk that arrives
   meanwhile is held and delivered on ``resume_reading``, so the protocol never
@@ -122,7 +122,7 @@ class StreamTransport(asyncio.Transport):
     # The connection's task -----------------------------------------------------
 
     async def run(self) -> None:
-        """``connection_made``, then :meth:`serve` (an accepted connection's task)."""
+        """``connection_made``, then `serve()` (an accepted connection's task)."""
         try:
             self._protocol.connection_made(self)
         except BaseException:
@@ -133,7 +133,7 @@ class StreamTransport(asyncio.Transport):
     async def serve(self) -> None:
         """Pump the connection until it is closed; then ``connection_lost``.
 
-        The protocol has had its ``connection_made`` (:meth:`run`, or the client).
+        The protocol has had its ``connection_made`` (`run()`, or the client).
         """
         try:
             if not self._closing:
