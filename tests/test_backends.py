@@ -764,3 +764,28 @@ async def test_a_bound_socket_and_an_early_close(anyio_backend: str) -> None:
         await server.wait_closed()
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_http_timers_idle_keep_alive_and_slow_request(anyio_backend: str) -> None:
+    app = make_app(KEEP_ALIVE_TIMEOUT=100 * MS, REQUEST_TIMEOUT=100 * MS)
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+        port = server.port
+
+        def idle_then_slow() -> tuple[bytes, bytes]:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET /hello?name=k HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                # The answer, then the end of the idle keep-alive connection.
+                idle = b""
+                while chunk := sock.recv(65536):
+                    idle += chunk
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET /hello HTTP/1.1\r\n")  # and nothing more
+                slow = b""
+                while chunk := sock.recv(65536):
+                    slow += chunk
+            return idle, slow
+
+        idle, slow = await in_thread(idle_then_slow)
+    assert status_of(idle) == 200
+    assert idle.endswith(b"hello k")
+    assert status_of(slow) == 408
