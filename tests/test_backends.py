@@ -789,3 +789,70 @@ async def test_http_timers_idle_keep_alive_and_slow_request(anyio_backend: str) 
     assert status_of(idle) == 200
     assert idle.endswith(b"hello k")
     assert status_of(slow) == 408
+
+
+# The trio program of the descriptor test: an echo app, a limit of 128 descriptors.
+TRIO_LIMITED_ECHO = """
+import logging, resource, sys
+import trio
+import embedws
+
+_soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+logging.basicConfig(
+    stream=sys.stderr, level=logging.INFO, format="RECORD %(levelname)s %(message)s"
+)
+app = embedws.App("limited")
+
+@app.websocket("/")
+async def echo(request, ws):
+    async for message in ws:
+        await ws.send(message)
+
+async def main():
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+        print(server.port, flush=True)
+        await trio.to_thread.run_sync(sys.stdin.readline)
+
+trio.run(main)
+"""
+
+
+def test_inside_trio_idle_sockets_make_room_when_descriptors_run_out() -> None:
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", TRIO_LIMITED_ECHO],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    idle: list[socket.socket] = []
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        port = int(process.stdout.readline())
+        # More silent connections than the server has descriptors.
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        started = time.monotonic()
+        with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=2000 * MS) as ws:
+            ws.send("served")
+            assert ws.recv(timeout=2000 * MS) == "served"
+        assert time.monotonic() - started < 2000 * MS
+        process.stdin.write("\n")
+        process.stdin.flush()
+        _out, err = process.communicate(timeout=20)
+    finally:
+        for sock in idle:
+            sock.close()
+        process.kill()
+        process.communicate()
+    records = [line for line in err.splitlines() if line.startswith("RECORD")]
+    warnings = [r for r in records if r.startswith("RECORD WARNING")]
+    assert len(records) < 10, err[:5000]
+    assert len(warnings) == 1, records
+    assert "out of file descriptors" in warnings[0]
+    assert process.returncode == 0, err[:5000]

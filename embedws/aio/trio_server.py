@@ -21,10 +21,11 @@ block's own exception (a ``Cancelled`` included) comes out unchanged.
 The server core is `Server` itself; only listening
 differs (`TrioServer._listen()`): anyio's TCP and Unix listeners, or a
 socket the caller bound, and TLS by wrapping each accepted stream in anyio's
-``TLSStream`` (the handshake bounded by ``WEBSOCKET_TIMEOUT``). The asyncio
-accept loop's handling of descriptor exhaustion (``embedws/aio/acceptor.py``)
-is not repeated here: a failed ``accept`` is logged once per episode and
-retried after a growing delay.
+``TLSStream`` (the handshake bounded by ``WEBSOCKET_TIMEOUT``). When
+``accept()`` fails for lack of descriptors, the server's `AcceptBackoff`
+(``embedws/aio/acceptor.py``) does what it does on asyncio: one warning, idle
+HTTP connections and silent TLS handshakes closed to make room, a growing
+delay when there was nothing to close.
 
 Thread contract: everything here runs on the trio thread.
 """
@@ -44,7 +45,7 @@ from anyio.abc import SocketAttribute, SocketListener
 from anyio.streams.tls import TLSStream
 
 from ..config import Config
-from .acceptor import BACKLOG, MAX_DELAY, MIN_DELAY
+from .acceptor import BACKLOG, CONNECTION_ERRORS, MAX_DELAY, OUT_OF_RESOURCES, AcceptBackoff
 from .server import Listening, ServedApp, Server
 from .trio_loop import TrioLoop
 from .trio_transport import StreamTransport
@@ -68,13 +69,16 @@ class TrioListener:
         *,
         ssl: ssl_module.SSLContext | None,
         handshake_timeout: float,
+        backoff: AcceptBackoff,
     ) -> None:
         self._loop = loop
         self._listener = listener
         self._factory = factory
         self._ssl = ssl
         self._handshake_timeout = handshake_timeout
-        self._handshaking = 0
+        self._backoff = backoff
+        # TLS handshakes in progress: their scope -> loop time of the accept.
+        self._handshakes: dict[trio.CancelScope, float] = {}
         self._socket: socket.socket = listener.extra(SocketAttribute.raw_socket)
         self._task = loop.create_task(self._accept(), name="embedws accept")
 
@@ -85,10 +89,11 @@ class TrioListener:
     @property
     def pending(self) -> int:
         """TLS connections accepted and not served yet (in the TLS handshake)."""
-        return self._handshaking
+        return len(self._handshakes)
 
     def handshakes(self) -> list[tuple[float, Callable[[], object]]]:
-        return []
+        """TLS handshakes in progress: (loop time of the accept, what aborts it)."""
+        return [(since, scope.cancel) for scope, since in self._handshakes.items()]
 
     def close(self) -> None:
         self._task.cancel()
@@ -99,33 +104,39 @@ class TrioListener:
             await self._listener.aclose()
 
     async def _accept(self) -> None:
-        delay = MIN_DELAY
+        backoff = self._backoff
         while True:
             try:
                 stream = await self._listener.accept()
-            except anyio.BrokenResourceError as exc:
-                if delay == MIN_DELAY:
-                    logger.warning("accept() on %s failed: %r", self._socket.getsockname(), exc)
-                await trio.sleep(delay)
-                delay = min(delay * 2, MAX_DELAY)
+            except anyio.BrokenResourceError as exc:  # anyio's wrapper of accept's OSError
+                error = exc.__cause__
+                if isinstance(error, OSError) and error.errno in OUT_OF_RESOURCES:
+                    await backoff.make_room(error, self._socket)
+                elif not isinstance(error, OSError) or error.errno not in CONNECTION_ERRORS:
+                    # Unknown, and maybe lasting: slow down rather than spin.
+                    logger.error("accept() failed", exc_info=True)
+                    await trio.sleep(MAX_DELAY)
                 continue
-            delay = MIN_DELAY
+            backoff.accepted()
             self._loop.nursery.start_soon(self._serve, stream)
 
     async def _serve(self, stream: Any) -> None:
         if self._ssl is not None:
-            self._handshaking += 1
+            scope = trio.CancelScope(deadline=trio.current_time() + self._handshake_timeout)
+            self._handshakes[scope] = self._loop.time()
             try:
-                with trio.fail_after(self._handshake_timeout):
+                with scope:
                     stream = await TLSStream.wrap(
                         stream, server_side=True, ssl_context=self._ssl, standard_compatible=False
                     )
-            except Exception as exc:  # a timeout, a reset, a refused certificate, an EOF
+            except Exception as exc:  # a reset, a refused certificate, an EOF
                 logger.debug("TLS handshake failed: %r", exc)
+            finally:
+                del self._handshakes[scope]
+            if scope.cancelled_caught or not isinstance(stream, TLSStream):
+                # Timed out, closed to make room (handshakes()), or failed.
                 await anyio.aclose_forcefully(stream)
                 return
-            finally:
-                self._handshaking -= 1
         await StreamTransport(self._loop, stream, self._factory()).run()
 
 
@@ -173,6 +184,7 @@ class TrioServer(Server):
                 self._make_http_connection,
                 ssl=context,
                 handshake_timeout=self.config.WEBSOCKET_TIMEOUT,
+                backoff=self._backoff,
             )
             for listener in listeners
         ]
