@@ -132,7 +132,8 @@ class Server:
         self._hooks: HookRunner | None = None
         self._request_middleware = [_Hook(fn) for fn in app.request_middleware]
         self._response_middleware = [_Hook(fn) for fn in app.response_middleware]
-        self._servers: list[Listening] = []  # one per asyncio.Server, accepting on its sockets
+        # One per asyncio.Server (an Acceptor) or, inside trio, per listening socket.
+        self._servers: list[Listening] = []
         self._backoff = AcceptBackoff(loop, self)
         self._http: set[HTTPConnection] = set()
         self._websockets: set[Connection] = set()
@@ -637,7 +638,13 @@ class serve:  # noqa: N801 - used like a function, as websockets.serve is
     async def __aenter__(self) -> Server:
         if _running_asyncio_loop() is not None:
             return await self.start()
-        from .trio_server import TrioServing  # noqa: PLC0415 - only inside trio
+        try:
+            from .trio_server import TrioServing  # noqa: PLC0415 - only inside trio
+        except ImportError:
+            raise RuntimeError(
+                "embedws.aio.serve needs a running asyncio loop, or trio with the "
+                "embedws[trio] extra installed"
+            ) from None
 
         self._trio = TrioServing(
             self._app,
