@@ -844,7 +844,7 @@ def test_inside_trio_idle_sockets_make_room_when_descriptors_run_out() -> None:
         assert time.monotonic() - started < 2000 * MS
         process.stdin.write("\n")
         process.stdin.flush()
-        _out, err = process.communicate(timeout=20)
+        _out, err = process.communicate(timeout=20_000 * MS)
     finally:
         for sock in idle:
             sock.close()
@@ -856,3 +856,42 @@ def test_inside_trio_idle_sockets_make_room_when_descriptors_run_out() -> None:
     assert len(warnings) == 1, records
     assert "out of file descriptors" in warnings[0]
     assert process.returncode == 0, err[:5000]
+
+
+def test_the_asyncio_path_imports_neither_trio_nor_anyio() -> None:
+    import subprocess
+    import sys
+
+    program = """
+import asyncio, sys
+import embedws
+from websockets.asyncio.client import connect
+
+app = embedws.App("plain")
+
+@app.websocket("/echo")
+async def echo(request, ws):
+    async for message in ws:
+        await ws.send(message)
+
+async def main():
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+        async with embedws.aio.connect(server.url + "/echo") as ws:
+            await ws.send("x")
+            assert await ws.recv(timeout=5) == "x"
+    with app.serve(port=0) as server, server.connect("/echo") as ws:
+        ws.send("y")
+        assert ws.recv(timeout=5) == "y"
+
+asyncio.run(main())
+print(sorted(name for name in ("trio", "anyio", "sniffio") if name in sys.modules))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=30_000 * MS,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
