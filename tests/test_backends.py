@@ -7,6 +7,7 @@ The peer is the ``websockets`` sync client or a raw socket, in a worker thread
 
 from __future__ import annotations
 
+import errno
 import socket
 import ssl
 import threading
@@ -895,3 +896,24 @@ print(sorted(name for name in ("trio", "anyio", "sniffio") if name in sys.module
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+async def test_a_port_in_use_raises_oserror_and_leaves_nothing_running(anyio_backend: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        app = make_app()
+        with pytest.raises(OSError) as caught:
+            async with embedws.aio.serve(app, "127.0.0.1", port):
+                pass
+        assert caught.value.errno == errno.EADDRINUSE
+    # The app can serve again: nothing of the failed start is left.
+    async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+
+        def client() -> Any:
+            with ws_connect(server.url + "/echo") as ws:
+                ws.send("again")
+                return ws.recv(timeout=5)
+
+        assert await in_thread(client) == "again"
