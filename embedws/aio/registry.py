@@ -209,8 +209,9 @@ def _excluded(exclude: Any) -> frozenset[Connection]:
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
     try:
         return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
+    except RuntimeError:  # no asyncio loop here; a trio one knows its thread
+        is_current = getattr(loop, "is_current", None)
+        return is_current is not None and bool(is_current())
 
 
 class Room:
