@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -545,6 +546,171 @@ def test_sharded_pub_sub(redis_server: RedisServer) -> None:
         assert a1.recv(timeout=5) == "emitted"
         assert b1.recv(timeout=5) == "emitted"
         a1.close()
+        b1.close()
+
+
+# Streams mode, and what pub/sub loses while cut off --------------------------------------------
+
+
+class CutProxy:
+    """A TCP relay to Redis that the test can cut: its connections reset, new ones shut at once.
+
+    Threads of its own (not the library's); closed by ``close``.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.is_cut = threading.Event()
+        self.lock = threading.Lock()  # guards socks
+        self.socks: set[socket.socket] = set()
+        self.threads = [threading.Thread(target=self._accept, name="proxy-accept")]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.is_cut.is_set():
+                conn.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self.lock:
+                self.socks.update((conn, upstream))
+            for src, dst in ((conn, upstream), (upstream, conn)):
+                thread = threading.Thread(target=self._pump, args=(src, dst), name="proxy-pump")
+                self.threads.append(thread)
+                thread.start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self.lock:
+                self.socks.discard(src)
+            src.close()
+
+    def cut(self) -> None:
+        self.is_cut.set()
+        with self.lock:
+            socks = list(self.socks)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        self.is_cut.clear()
+
+    def close(self) -> None:
+        self.cut()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(10)
+
+
+@contextlib.contextmanager
+def b_behind_a_proxy(
+    redis: RedisServer, **options: Any
+) -> Iterator[tuple[embedws.sync.Server, embedws.sync.Server, CutProxy]]:
+    """App a on Redis, app b on Redis through a proxy the test can cut."""
+    proxy = CutProxy(redis.port)
+    options.setdefault("prefix", PREFIX)
+    app_a = chat_app("a", "async", embedws.RedisBroker(redis.url, **options))
+    app_b = chat_app("b", "async", embedws.RedisBroker(proxy.url, **options))
+    try:
+        with serving(app_a) as a, serving(app_b) as b:
+            yield a, b, proxy
+    finally:
+        proxy.close()
+
+
+def test_streams_mode_broadcasts_across_processes(kind: str, redis_server: RedisServer) -> None:
+    with two_servers(kind, redis_server, mode="streams") as (a, b):
+        a1, a2, b1 = join(a, "r"), join(a, "r"), join(b, "r")
+        room = f"{PREFIX}:room:r"
+        wait_until(lambda: room in broker_of(b).channels, "b reads the room's stream")
+        a1.send("say:hello")
+        assert a2.recv(timeout=5) == "hello"
+        assert b1.recv(timeout=5) == "hello"
+        b1.send("say:back")
+        assert a1.recv(timeout=5) == "back"  # not its own "hello"
+        assert a2.recv(timeout=5) == "back"
+        with embedws.Emitter(redis_server.url, prefix=PREFIX, mode="streams") as emit:
+            emit.room("r").broadcast("emitted")
+        for ws in (a1, a2, b1):
+            assert ws.recv(timeout=5) == "emitted"
+        r = redis_server.client()
+        try:
+            assert r.xlen(room) == 3
+            assert channels(redis_server) == set()  # no pub/sub at all
+        finally:
+            r.close()
+        for ws in (a1, a2, b1):
+            ws.close()
+        wait_until(lambda: room not in broker_of(b).channels, "b stops reading the room")
+    r = redis_server.client()
+    try:
+        assert not r.keys(f"{PREFIX}:control:*")  # each node deleted its control stream
+    finally:
+        r.close()
+
+
+def test_streams_mode_delivers_what_was_published_while_cut_off(
+    redis_server: RedisServer,
+) -> None:
+    reconnected = threading.Event()
+    with b_behind_a_proxy(redis_server, mode="streams") as (a, b, proxy):
+        broker_of(b).on("reconnected", lambda _broker: reconnected.set())
+        b1 = join(b, "r")
+        wait_until(lambda: f"{PREFIX}:room:r" in broker_of(b).channels, "b reads the room")
+        proxy.cut()
+        for i in range(1000):
+            app_of(a).room("r").broadcast(f"m{i}")
+        wait_until(lambda: broker_of(a).stats()["published"] == 1000, "all published")
+        proxy.restore()
+        assert reconnected.wait(10_000 * MS)
+        assert [b1.recv(timeout=5) for _ in range(1000)] == [f"m{i}" for i in range(1000)]
+        app_of(a).room("r").broadcast("end")
+        assert b1.recv(timeout=5) == "end"  # each once: nothing delivered twice
+        assert broker_of(b).stats()["gaps"] == 0
+        b1.close()
+
+
+def test_pub_sub_loses_what_was_published_while_cut_off_and_reports_the_gap(
+    redis_server: RedisServer,
+) -> None:
+    reconnected = threading.Event()
+    gaps: list[int] = []
+    with b_behind_a_proxy(redis_server) as (a, b, proxy):
+        broker_of(b).on("reconnected", lambda _broker: reconnected.set())
+        broker_of(b).on("gap", lambda _broker, node, channel, missing: gaps.append(missing))
+        b1 = join(b, "r")
+        wait_until(lambda: numsub(redis_server, f"{PREFIX}:room:r") == 1, "b subscribed")
+        app_of(a).room("r").broadcast("before")
+        assert b1.recv(timeout=5) == "before"
+        proxy.cut()
+        for i in range(100):
+            app_of(a).room("r").broadcast(f"m{i}")
+        wait_until(lambda: broker_of(a).stats()["published"] == 101, "all published")
+        proxy.restore()
+        assert reconnected.wait(10_000 * MS)
+        wait_until(lambda: numsub(redis_server, f"{PREFIX}:room:r") == 1, "re-subscribed")
+        app_of(a).room("r").broadcast("after")
+        assert b1.recv(timeout=5) == "after"
+        assert gaps == [100]
+        assert broker_of(b).stats()["gaps"] == 100
         b1.close()
 
 

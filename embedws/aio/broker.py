@@ -29,6 +29,16 @@ redis-py's asyncio client, on two connections:
   fact reached Redis costs nothing), then dropped and reported (``on_error``).
   A full deque drops the new envelope, counted and logged.
 
+Gap-free mode (``mode="streams"``): each channel is a Redis stream instead
+(``XADD ... MAXLEN ~ stream_maxlen``), and the listener's session is one loop
+of ``XREAD BLOCK`` over the streams of ``all`` and of the local rooms, from the
+last id this process delivered on each. The last ids outlive a session, so
+after a Redis disconnection the next session reads everything published
+meanwhile, in order, as far back as the streams keep. A room joined later
+starts at its stream's newest entry. A change of rooms must interrupt the
+blocking read: the waker appends to this node's own control stream, which the
+read includes (deleted at stop).
+
 What arrives is decoded (never unpickled), own echoes are dropped, repeats
 dropped, sequence gaps counted per peer node and reported, and the message is
 written to the local members through ``Registry.deliver``, as a broadcast of
@@ -65,7 +75,7 @@ from ..message import Fragments, encode_message
 from .crossing import LoopClosed, crossing_for
 from .registry import Registry
 
-__all__ = ["AsyncEmitter", "RedisBroker", "envelope_for", "import_redis", "no_retry"]
+__all__ = ["AsyncEmitter", "RedisBroker", "check_mode", "envelope_for", "import_redis", "no_retry"]
 
 logger = logging.getLogger("embedws.broker")
 
@@ -130,6 +140,14 @@ class RedisBroker:
         max_message_size: the largest payload published or accepted, in bytes.
         max_queue: envelopes waiting to be published; past it new ones are dropped.
         sharded: use sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``, Redis 7).
+        mode: ``"pubsub"`` (default) or ``"streams"``: gap-free delivery on Redis
+            streams, each process reading on from the last entry it delivered,
+            so what is published while it is cut off from Redis arrives once it
+            is back, in order (bounded by ``stream_maxlen``). The streams stay
+            in Redis (``{prefix}:all``, ``{prefix}:room:{name}``), each trimmed
+            to about ``stream_maxlen`` entries. Every process of the app and
+            every emitter must use the same mode.
+        stream_maxlen: entries kept per stream in streams mode (approximately).
         health_check_interval: seconds between pings on the subscriber connection.
         socket_timeout: seconds a publish may take.
         connect_timeout: seconds to connect; also how long the first server's
@@ -149,6 +167,8 @@ class RedisBroker:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_queue: int = 10_000,
         sharded: bool = False,
+        mode: str = "pubsub",
+        stream_maxlen: int = 10_000,
         health_check_interval: float = 5.0,
         socket_timeout: float = 5.0,
         connect_timeout: float = 5.0,
@@ -156,6 +176,7 @@ class RedisBroker:
         self._redis = import_redis()
         if on_error not in ("log", "raise"):
             raise ValueError(f"on_error must be 'log' or 'raise', not {on_error!r}")
+        check_mode(mode, sharded)
         if max_queue < 1 or max_message_size < 1:
             raise ValueError("max_queue and max_message_size must be positive")
         self.url = url
@@ -165,6 +186,8 @@ class RedisBroker:
         self.max_message_size = max_message_size
         self.max_queue = max_queue
         self.sharded = sharded
+        self.mode = mode
+        self.stream_maxlen = stream_maxlen
         self.health_check_interval = health_check_interval
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
@@ -209,6 +232,10 @@ class RedisBroker:
         self._sub: Any = None
         self._subscribed: set[str] = set()
         self._tracker = SequenceTracker()
+        # Streams mode: the last id delivered per stream (kept across sessions).
+        self._last_ids: dict[str, bytes] = {}
+        self._control = f"{prefix}:control:{self.node_id}"
+        self._streams_stale = False
 
     # Configuration ----------------------------------------------------------------
 
@@ -242,6 +269,11 @@ class RedisBroker:
             counts = dict(self._counts)
         counts["gaps"] = self._tracker.gaps
         return counts
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels (streams, in streams mode) this process listens to now."""
+        return frozenset(self._subscribed)  # replaced whole on the loop, never changed
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -377,6 +409,7 @@ class RedisBroker:
         self._ready = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tracker = SequenceTracker()
+        self._last_ids = {}
         self._pub = redis.asyncio.Redis.from_url(
             self.url,
             socket_timeout=self.socket_timeout,
@@ -424,11 +457,15 @@ class RedisBroker:
             try:
                 async with asyncio.timeout(self.socket_timeout):
                     await asyncio.shield(publisher)
-            except (TimeoutError, Exception):
+            except Exception:
                 pass  # cancelled below
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.mode == "streams" and self._pub is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.socket_timeout):
+                    await self._pub.delete(self._control)
         for client in (self._pub, self._sub):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -461,8 +498,14 @@ class RedisBroker:
         for attempt in (1, 2):
             try:
                 async with self._pub.pipeline(transaction=False) as pipe:
-                    for channel, raw, _seq in batch:
-                        if self.sharded:
+                    for channel, raw, seq in batch:
+                        if seq == 0:  # streams mode: wake our own reader
+                            pipe.xadd(channel, {"w": b""}, maxlen=1, approximate=False)
+                        elif self.mode == "streams":
+                            pipe.xadd(
+                                channel, {"e": raw}, maxlen=self.stream_maxlen, approximate=True
+                            )
+                        elif self.sharded:
                             pipe.spublish(channel, raw)
                         else:
                             pipe.publish(channel, raw)
@@ -472,7 +515,7 @@ class RedisBroker:
                 if attempt == 1:
                     logger.info("publishing %d broadcasts failed (%s); retrying", len(batch), exc)
                 continue
-            self._count("published", len(batch))
+            self._count("published", sum(1 for item in batch if item[2]))
             return
         self._count("publish_failed", len(batch))
         failure = BrokerError(f"{len(batch)} broadcasts could not be published: {error}")
@@ -491,10 +534,13 @@ class RedisBroker:
         delay = _BACKOFF_FIRST
         sessions = 0
         while not stopping.is_set():
-            pubsub = self._sub.pubsub()
+            pubsub = self._sub.pubsub() if self.mode == "pubsub" else None
             subscribed = False
             try:
-                await self._subscribe_everything(pubsub)
+                if pubsub is None:
+                    await self._follow_everything()
+                else:
+                    await self._subscribe_everything(pubsub)
                 subscribed = True
                 sessions += 1
                 delay = _BACKOFF_FIRST
@@ -505,8 +551,12 @@ class RedisBroker:
                     logger.info("subscribed to Redis again (%d channels)", len(self._subscribed))
                     self._fire("reconnected")
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._read(pubsub))
-                    group.create_task(self._sync_rooms(pubsub))
+                    if pubsub is None:
+                        group.create_task(self._read_streams())
+                        group.create_task(self._wake_reader())
+                    else:
+                        group.create_task(self._read(pubsub))
+                        group.create_task(self._sync_rooms(pubsub))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -519,8 +569,12 @@ class RedisBroker:
                 )
             finally:
                 self._subscribed = set()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+                else:  # the read may have been cut mid-reply: never reuse its connection
+                    with contextlib.suppress(Exception):
+                        await self._sub.connection_pool.disconnect()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await stopping.wait()
@@ -545,7 +599,7 @@ class RedisBroker:
                 await pubsub.ssubscribe(channel)
         else:
             await pubsub.subscribe(*channels)
-        self._subscribed.update(channels)
+        self._subscribed = self._subscribed | set(channels)
 
     async def _unsubscribe(self, pubsub: Any, channels: list[str]) -> None:
         if not channels:
@@ -555,7 +609,7 @@ class RedisBroker:
                 await pubsub.sunsubscribe(channel)
         else:
             await pubsub.unsubscribe(*channels)
-        self._subscribed.difference_update(channels)
+        self._subscribed = self._subscribed - set(channels)
         for channel in channels:
             self._tracker.forget_channel(channel)
 
@@ -577,6 +631,69 @@ class RedisBroker:
             message = await get_message(ignore_subscribe_messages=True, timeout=_READ_POLL)
             if message is not None and message["type"] in ("message", "smessage"):
                 self.receive(message["channel"], message["data"])
+
+    # Streams mode ----------------------------------------------------------------------------
+
+    async def _follow_everything(self) -> None:
+        """Start a session: the streams to read, each from the last id delivered."""
+        if self._rooms_dirty is not None:
+            self._rooms_dirty.clear()
+        self._streams_stale = False
+        want = {self._all, self._control, *self._room_channels()}
+        for stream in set(self._last_ids) - want:  # rooms left while cut off
+            del self._last_ids[stream]
+            self._tracker.forget_channel(stream)
+        await self._follow(sorted(want))
+
+    async def _follow(self, streams: list[str]) -> None:
+        for stream in streams:
+            if stream not in self._last_ids:
+                # Start at the newest entry: a room joined now owes nothing older.
+                newest = await self._sub.xrevrange(stream, count=1)
+                self._last_ids[stream] = newest[0][0] if newest else b"0-0"
+        self._subscribed = self._subscribed | set(streams)
+
+    async def _wake_reader(self) -> None:
+        dirty = self._rooms_dirty
+        assert dirty is not None
+        while True:
+            await dirty.wait()
+            dirty.clear()
+            self._streams_stale = True
+            # The reader blocks in XREAD: an entry on our control stream wakes it.
+            # The publisher task sends it, so that no second task of ours is cut
+            # off in the middle of a command (or a connect) when the session ends.
+            with self._lock:
+                if not self._running:
+                    return
+                self._queue.append((self._control, b"", 0))
+                wake = self._idle
+                self._idle = False
+            if wake:
+                self._wake_publisher()
+
+    async def _read_streams(self) -> None:
+        while True:
+            if self._streams_stale:
+                self._streams_stale = False
+                want = self._room_channels() | {self._all, self._control}
+                gone = self._subscribed - want
+                self._subscribed = self._subscribed - gone
+                for stream in gone:
+                    self._last_ids.pop(stream, None)
+                    self._tracker.forget_channel(stream)
+                await self._follow(sorted(want - self._subscribed))
+            streams = {stream: self._last_ids[stream] for stream in self._subscribed}
+            replies = await self._sub.xread(streams, count=_BATCH, block=int(_READ_POLL * 1000))
+            for stream, entries in replies or ():
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                if name not in self._last_ids:
+                    continue  # left while the read was on its way
+                for entry_id, fields in entries:
+                    self._last_ids[name] = entry_id
+                    raw = fields.get(b"e")
+                    if raw is not None and name != self._control:
+                        self.receive(name, raw)
 
     # Receiving (on the loop) --------------------------------------------------------------
 
@@ -634,6 +751,15 @@ class RedisBroker:
         return f"<RedisBroker {_safe_url(self.url)} prefix={self.prefix!r} node={self.node_id}>"
 
 
+def check_mode(mode: str, sharded: bool) -> str:
+    """``mode`` itself, or a ``ValueError`` for an unknown one or a wrong combination."""
+    if mode not in ("pubsub", "streams"):
+        raise ValueError(f"mode must be 'pubsub' or 'streams', not {mode!r}")
+    if mode == "streams" and sharded:
+        raise ValueError("sharded applies to pub/sub, not to mode='streams'")
+    return mode
+
+
 def _safe_url(url: str) -> str:
     """The URL without its password, for logs."""
     scheme, sep, rest = url.partition("://")
@@ -649,7 +775,7 @@ class AsyncEmitter:
     or ``await emit.room(name).broadcast(data)``; ``await emit.aclose()`` (or
     ``async with``). Each call waits for Redis; a publish that fails is retried
     once, then raises :class:`~embedws.errors.BrokerError`. The envelope is the
-    broker's, so ``prefix``, ``codec`` and ``sharded`` must match the app's.
+    broker's, so ``prefix``, ``codec``, ``sharded`` and ``mode`` must match the app's.
 
     Thread contract: use it on one event loop.
     """
@@ -662,6 +788,8 @@ class AsyncEmitter:
         codec: str = "json",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         sharded: bool = False,
+        mode: str = "pubsub",
+        stream_maxlen: int = 10_000,
         socket_timeout: float = 5.0,
     ) -> None:
         redis = import_redis()
@@ -670,6 +798,8 @@ class AsyncEmitter:
         self.codec: Codec = check_codec(codec)
         self.max_message_size = max_message_size
         self.sharded = sharded
+        self.mode = check_mode(mode, sharded)
+        self.stream_maxlen = stream_maxlen
         self.node_id = new_node_id()
         self._seq: dict[str, int] = {}
         self._client = redis.asyncio.Redis.from_url(
@@ -703,7 +833,11 @@ class AsyncEmitter:
         error: Exception | None = None
         for _attempt in (1, 2):
             try:
-                if self.sharded:
+                if self.mode == "streams":
+                    await self._client.xadd(
+                        channel, {"e": raw}, maxlen=self.stream_maxlen, approximate=True
+                    )
+                elif self.sharded:
                     await self._client.spublish(channel, raw)
                 else:
                     await self._client.publish(channel, raw)

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from ..aio.broker import envelope_for, import_redis
+from ..aio.broker import check_mode, envelope_for, import_redis
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE, Codec, check_codec, new_node_id
 from ..errors import BrokerError
 
@@ -24,7 +24,7 @@ class Emitter:
     ``emit = Emitter("redis://...", prefix="chat")``; ``emit.broadcast(data)``
     reaches every connection of the app (``route=`` those of one route),
     ``emit.room(name).broadcast(data)`` the members of a room. ``prefix``,
-    ``codec`` and ``sharded`` must match the app's broker. Each call blocks
+    ``codec``, ``sharded`` and ``mode`` must match the app's broker. Each call blocks
     until Redis has the message (at most ``socket_timeout``, twice: a failed
     publish is retried once, then raises :class:`~embedws.errors.BrokerError`).
     ``close()`` (or ``with``) closes the connection.
@@ -41,6 +41,8 @@ class Emitter:
         codec: str = "json",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         sharded: bool = False,
+        mode: str = "pubsub",
+        stream_maxlen: int = 10_000,
         socket_timeout: float = 5.0,
     ) -> None:
         redis = import_redis()
@@ -52,6 +54,8 @@ class Emitter:
         self.codec: Codec = check_codec(codec)
         self.max_message_size = max_message_size
         self.sharded = sharded
+        self.mode = check_mode(mode, sharded)
+        self.stream_maxlen = stream_maxlen
         self.node_id = new_node_id()
         self._seq: dict[str, int] = {}
         # Guards _seq, so that the order on a channel is the order of the numbers.
@@ -88,7 +92,11 @@ class Emitter:
             error: Exception | None = None
             for _attempt in (1, 2):
                 try:
-                    if self.sharded:
+                    if self.mode == "streams":
+                        self._client.xadd(
+                            channel, {"e": raw}, maxlen=self.stream_maxlen, approximate=True
+                        )
+                    elif self.sharded:
                         self._client.spublish(channel, raw)
                     else:
                         self._client.publish(channel, raw)
