@@ -79,6 +79,10 @@ def act(app: embedws.App, room: Any, ws: Any, message: Any) -> None:
     elif verb == "burst":
         for i in range(int(text)):
             room.broadcast(f"b{i}", exclude=ws)
+    elif verb == "tagged":  # tagged:TAG:N
+        tag, _, count = text.partition(":")
+        for i in range(int(count)):
+            room.broadcast(f"{tag}:{i}", exclude=ws)
 
 
 def chat_app(name: str, kind: str, broker: embedws.RedisBroker | None) -> embedws.App:
@@ -335,12 +339,82 @@ def test_redis_killed_and_restarted_rooms_come_back(kind: str, redis_server: Red
         b1.close()
 
 
+@pytest.mark.slow
+def test_three_servers_ten_thousand_messages_each_once_in_order(
+    kind: str, redis_server: RedisServer
+) -> None:
+    apps = [chat_app(name, kind, broker(redis_server)) for name in "abc"]
+    per_sender = 3334  # three senders: 10,002 messages
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(serving(app)) for app in apps]
+        senders = [join(server, "r") for server in servers]
+        listeners = [join(server, "r") for server in servers]
+        wait_until(lambda: numsub(redis_server, f"{PREFIX}:room:r") == 3, "all subscribed")
+        for tag, ws in zip("abc", senders, strict=True):
+            ws.send(f"tagged:{tag}:{per_sender}")
+
+        def expect(ws: Any, tags: str) -> None:
+            got: dict[str, list[int]] = {tag: [] for tag in tags}
+            for _ in range(per_sender * len(tags)):
+                tag, _, index = ws.recv(timeout=10).partition(":")
+                got[tag].append(int(index))
+            assert got == {tag: list(range(per_sender)) for tag in tags}
+
+        for ws in listeners:
+            expect(ws, "abc")
+        for tag, ws in zip("abc", senders, strict=True):
+            expect(ws, "abc".replace(tag, ""))  # never its own
+        for ws in senders + listeners:
+            ws.close()
+        for app in apps:
+            assert app.broker is not None and app.broker.stats()["gaps"] == 0
+
+
+@pytest.mark.slow
+def test_ten_thousand_joins_and_leaves_leave_only_live_rooms_subscribed(
+    redis_server: RedisServer,
+) -> None:
+    import random
+
+    app = chat_app("a", "async", broker(redis_server))
+    rng = random.Random(24)
+    with serving(app) as server:
+        clients = [client(f"{server.url}/other") for _ in range(20)]
+        wait_until(lambda: len(app.connections) == 20, "connections registered")
+        sockets = list(app.connections)
+        for _ in range(10_000):
+            ws = rng.choice(sockets)
+            room = app.room(f"room{rng.randrange(40)}")
+            if ws in room:
+                room.discard(ws)
+            else:
+                room.add(ws)
+        for name in range(20):  # empty half of them
+            for ws in app.room(f"room{name}"):
+                app.room(f"room{name}").discard(ws)
+        live = {f"{PREFIX}:room:{name}" for name in app.rooms} | {f"{PREFIX}:all"}
+        assert 1 < len(live) <= 21
+        wait_until(lambda: channels(redis_server) == live, "subscriptions equal to live rooms")
+        for ws in clients:
+            ws.close()
+        wait_until(lambda: channels(redis_server) == {f"{PREFIX}:all"}, "rooms gone")
+
+
 # The rest does not depend on the kind of handler ----------------------------------------------
 
 
 def test_a_killed_subscriber_connection_reconnects_without_leaking(
     redis_server: RedisServer,
 ) -> None:
+    kill_subscribers(redis_server, 20)
+
+
+@pytest.mark.slow
+def test_a_hundred_reconnects_leak_nothing(redis_server: RedisServer) -> None:
+    kill_subscribers(redis_server, 100)
+
+
+def kill_subscribers(redis_server: RedisServer, times: int) -> None:
     reconnected = threading.Semaphore(0)
     with two_servers("async", redis_server) as (a, b):
         for server in (a, b):
@@ -353,7 +427,7 @@ def test_a_killed_subscriber_connection_reconnects_without_leaking(
         connections = redis_clients(redis_server)
         r = redis_server.client()
         try:
-            for _ in range(20):
+            for _ in range(times):
                 r.client_kill_filter(_type="pubsub")
                 assert reconnected.acquire(timeout=10_000 * MS)
                 assert reconnected.acquire(timeout=10_000 * MS)  # a and b
