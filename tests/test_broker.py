@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -26,7 +27,7 @@ import embedws
 from embedws.broker import Envelope, EnvelopeError, SequenceTracker, decode, encode
 from embedws.errors import BrokerError
 
-from .conftest import MS, RedisServer, add_handler, client, serving
+from .conftest import MS, LogWaiter, RedisServer, add_handler, client, serving
 
 PREFIX = "t"
 
@@ -457,6 +458,28 @@ def test_stop_leaves_no_redis_connection_and_no_descriptor(redis_server: RedisSe
     with serving(app) as server:  # an app is restartable, and so is its broker
         wait_until(lambda: numsub(redis_server, f"{PREFIX}:all") == 1, "subscribed again")
     assert redis_clients(redis_server) == 0
+
+
+def test_redis_down_at_start_serves_locally_then_subscribes(
+    redis_server: RedisServer, logs: LogWaiter
+) -> None:
+    redis_server.kill()
+    app = chat_app("a", "thread", broker(redis_server, connect_timeout=500 * MS))
+    started = time.monotonic()
+    with serving(app) as server:
+        assert time.monotonic() - started < 5000 * MS
+        logs.wait_for("not subscribed to Redis", level=logging.WARNING)
+        a1, a2 = join(server, "r"), join(server, "r")
+        a1.send("say:local-still-works")
+        assert a2.recv(timeout=5) == "local-still-works"
+        redis_server.start()
+        wait_until(lambda: numsub(redis_server, f"{PREFIX}:room:r") == 1, "subscribed at last")
+        with embedws.Emitter(redis_server.url, prefix=PREFIX) as emit:
+            emit.room("r").broadcast("via-redis")
+        assert a1.recv(timeout=5) == "via-redis"
+        assert a2.recv(timeout=5) == "via-redis"
+        a1.close()
+        a2.close()
 
 
 def test_a_full_publish_queue_drops_the_newest(redis_server: RedisServer) -> None:
