@@ -203,18 +203,18 @@ class RedisBroker:
         self._idle = False
         self._running = False
         self._pending_error: BrokerError | None = None
-        self._counts = dict.fromkeys(
+        self._counts = dict.fromkeys(("dropped_queue_full", "refused"), 0)
+        # Counted on the broker's loop only: no lock (a reader elsewhere sees ints).
+        self._loop_counts = dict.fromkeys(
             (
                 "published",
                 "publish_failed",
-                "dropped_queue_full",
                 "received",
                 "delivered",
                 "echoes",
                 "repeats",
-                "gaps",
                 "invalid",
-                "refused",
+                "refused_received",
                 "reconnects",
             ),
             0,
@@ -267,6 +267,8 @@ class RedisBroker:
         """Counters (a snapshot): published, received, delivered, echoes, gaps, drops..."""
         with self._lock:
             counts = dict(self._counts)
+        counts.update(self._loop_counts)
+        counts["refused"] += counts.pop("refused_received")
         counts["gaps"] = self._tracker.gaps
         return counts
 
@@ -276,8 +278,8 @@ class RedisBroker:
         return frozenset(self._subscribed)  # replaced whole on the loop, never changed
 
     def _count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += n
+        """Count on the loop."""
+        self._loop_counts[name] += n
 
     def _fire(self, event: str, *args: Any) -> None:
         for fn in self._listeners[event]:
@@ -291,7 +293,8 @@ class RedisBroker:
     def check_publish(self, size: int) -> None:
         """Raise ``BrokerError`` for a message that will not be published (nothing is sent)."""
         if size > self.max_message_size:
-            self._count("refused")
+            with self._lock:
+                self._counts["refused"] += 1
             raise BrokerError(
                 f"a message of {size} bytes is over the broker's max_message_size "
                 f"({self.max_message_size}); send it with local=True to keep it in-process"
@@ -630,7 +633,7 @@ class RedisBroker:
         while True:
             message = await get_message(ignore_subscribe_messages=True, timeout=_READ_POLL)
             if message is not None and message["type"] in ("message", "smessage"):
-                self.receive(message["channel"], message["data"])
+                self._receive_safely(message["channel"], message["data"])
 
     # Streams mode ----------------------------------------------------------------------------
 
@@ -693,19 +696,26 @@ class RedisBroker:
                     self._last_ids[name] = entry_id
                     raw = fields.get(b"e")
                     if raw is not None and name != self._control:
-                        self.receive(name, raw)
+                        self._receive_safely(name, raw)
 
     # Receiving (on the loop) --------------------------------------------------------------
+
+    def _receive_safely(self, channel: bytes | str, raw: bytes) -> None:
+        # A message that cannot be delivered must not cost the session (and a
+        # reconnection): log it and go on.
+        try:
+            self.receive(channel, raw)
+        except Exception:
+            logger.exception("delivering a broadcast from %r failed", channel)
 
     def receive(self, channel: bytes | str, raw: bytes) -> None:
         """Deliver one envelope from ``channel`` to the local members (on the loop)."""
         registry = self._registry
         assert registry is not None
-        with self._lock:
-            self._counts["received"] += 1
+        self._loop_counts["received"] += 1
         # base64 makes binary data 4/3 larger in JSON; the fields add little.
         if len(raw) > self.max_message_size * 4 // 3 + 65536:
-            self._count("refused")
+            self._count("refused_received")
             logger.warning("dropped an envelope of %d bytes (over max_message_size)", len(raw))
             return
         try:
@@ -718,7 +728,7 @@ class RedisBroker:
             self._count("echoes")
             return
         if len(envelope.data) > self.max_message_size:
-            self._count("refused")
+            self._count("refused_received")
             logger.warning("dropped a message of %d bytes (over max_message_size)", len(raw))
             return
         name = channel.decode() if isinstance(channel, bytes) else channel
