@@ -684,6 +684,7 @@ class CutProxy:
         self.port = int(self.listener.getsockname()[1])
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.is_cut = threading.Event()
+        self.refused = 0  # connections shut at once while cut
         self.lock = threading.Lock()  # guards socks
         self.socks: set[socket.socket] = set()
         self.threads = [threading.Thread(target=self._accept, name="proxy-accept")]
@@ -697,6 +698,7 @@ class CutProxy:
                 return
             if self.is_cut.is_set():
                 conn.close()
+                self.refused += 1
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self.lock:
@@ -799,6 +801,8 @@ def test_streams_mode_delivers_what_was_published_while_cut_off(
         for i in range(1000):
             app_of(a).room("r").broadcast(f"m{i}")
         wait_until(lambda: broker_of(a).stats()["published"] == 1000, "all published")
+        # b is really cut off: it tried to come back, and could not.
+        wait_until(lambda: proxy.refused >= 2, "b's attempts while cut off")
         proxy.restore()
         assert reconnected.wait(10_000 * MS)
         assert [b1.recv(timeout=5) for _ in range(1000)] == [f"m{i}" for i in range(1000)]
