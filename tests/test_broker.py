@@ -205,6 +205,22 @@ def test_the_defaults_and_a_clear_error_for_a_bad_option(redis_server: RedisServ
         embedws.App("y", broker=made)
 
 
+def test_without_the_extras_import_works_and_the_error_names_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    program = "import sys; sys.modules['redis'] = sys.modules['msgpack'] = None; import embedws"
+    subprocess.run([sys.executable, "-c", program], check=True, timeout=60)
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    monkeypatch.setitem(sys.modules, "msgpack", None)
+    with pytest.raises(ImportError, match=r"embedws\[redis\]"):
+        embedws.RedisBroker()
+    with pytest.raises(ImportError, match=r"embedws\[redis\]"):
+        embedws.Emitter()
+    with pytest.raises(ImportError, match=r"embedws\[msgpack\]"):
+        encode(Envelope("n", 1, True, b"x"), "msgpack")
+
+
 # Across processes, for every kind of handler -----------------------------------------------
 
 

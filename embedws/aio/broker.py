@@ -121,7 +121,9 @@ class RedisBroker:
     :class:`~embedws.errors.BrokerError` (sending nothing), since the broadcast
     that failed had returned long before. Either way ``publish_failed``
     listeners are called. A message larger than ``max_message_size`` makes
-    ``broadcast`` raise ``BrokerError`` before sending anything.
+    ``broadcast`` raise ``BrokerError`` before sending anything. While no server
+    of the app runs, nothing is published; a stopping server waits at most
+    ``socket_timeout`` for the broadcasts still queued to be published.
 
     Events (``broker.on(event, fn)``, ``fn`` runs on the broker's loop and must
     not block): ``"reconnected"`` ``fn(broker)`` once subscribed again after a
