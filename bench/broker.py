@@ -6,7 +6,7 @@ A redis-server of its own (Debian's, on a free port, no persistence). Two rows:
   subscribes with redis-py's asyncio client;
 * ``embedws``: this process broadcasts to a room of an app whose broker is a
   ``RedisBroker`` (the room has no local member); the receiver process serves
-  the same app with one websocket client in the room.
+  the same app, and a third process holds one websocket client in the room.
 
 Each message carries its send time (``time.monotonic``, one clock for every
 process on Linux); the receiver reports latency p50/p99 at a paced rate and the
@@ -58,9 +58,8 @@ async def raw():
     await pubsub.aclose()
     await client.aclose()
 
-def served():
+def serve():
     import embedws
-    from websockets.sync.client import connect
     app = embedws.App("receiver", broker=embedws.RedisBroker(url, prefix="bench"))
 
     @app.websocket("/r")
@@ -69,11 +68,18 @@ def served():
         await ws.send("joined")
         await ws.wait_closed()
 
-    with app.serve(port=0) as server, connect(server.url + "/r") as ws:
-        assert ws.recv() == "joined"
-        deadline = time.monotonic() + 10
+    with app.serve(port=0) as server:
+        print(server.url, flush=True)
+        deadline = time.monotonic() + 30
         while "bench:room:r" not in app.broker.channels and time.monotonic() < deadline:
             time.sleep(0.01)
+        print("ready", flush=True)
+        sys.stdin.read()  # until the bench is done
+
+def client():
+    from websockets.sync.client import connect
+    with connect(url + "/r") as ws:
+        assert ws.recv() == "joined"
         print("ready", flush=True)
         stamps = []
         while len(stamps) < count:
@@ -84,10 +90,7 @@ def served():
             stamps.append((float(data.split(" ", 1)[0]), time.monotonic()))
         report(stamps)
 
-if mode == "raw":
-    asyncio.run(raw())
-else:
-    served()
+{"raw": lambda: asyncio.run(raw()), "serve": serve, "client": client}[mode]()
 """
 
 
@@ -132,14 +135,32 @@ def paced(send: Any, count: int, rate: float, payload: str) -> None:
         send(f"{time.monotonic():.6f} {payload}")
 
 
-def run(mode: str, url: str, count: int, rate: float, payload: str) -> dict[str, Any]:
-    receiver = subprocess.Popen(
-        [sys.executable, "-c", RECEIVER, mode, url, str(count)],
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", RECEIVER, *args],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert receiver.stdout is not None
-    assert receiver.stdout.readline().strip() == "ready"
+
+
+def line_of(process: subprocess.Popen[str]) -> str:
+    assert process.stdout is not None
+    return process.stdout.readline().strip()
+
+
+def run(mode: str, url: str, count: int, rate: float, payload: str) -> dict[str, Any]:
+    """One phase; the receiving process is redis-py alone, or an embedws server whose
+    websocket client runs in a third process (so the server's process only receives)."""
+    if mode == "raw":
+        receiver = spawn("raw", url, str(count))
+        measured = receiver
+        assert line_of(receiver) == "ready"
+    else:
+        receiver = spawn("serve", url, "0")
+        measured = spawn("client", line_of(receiver), str(count))
+        assert line_of(measured) == "ready"
+        assert line_of(receiver) == "ready"
     try:
         if mode == "raw":
             import redis
@@ -162,12 +183,13 @@ def run(mode: str, url: str, count: int, rate: float, payload: str) -> dict[str,
             app = embedws.App("sender", broker=broker)
             with app.serve(port=0):
                 paced(app.room("r").broadcast, count, rate, payload)
-                # serve() stops when the receiver has everything (the publisher drains first)
-                line = receiver.stdout.readline()
-                return dict(json.loads(line))
-        return dict(json.loads(receiver.stdout.readline()))
+                return dict(json.loads(line_of(measured)))  # before the sender stops
+        return dict(json.loads(line_of(measured)))
     finally:
-        receiver.wait(60)
+        for process in {receiver, measured}:
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait(60)
 
 
 def main() -> None:
