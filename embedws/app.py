@@ -453,7 +453,7 @@ class App(_RouteTable):
         Safe from any thread and never blocks: the message is encoded once and
         written by the event loop. ``exclude`` takes one websocket or several.
         With a broker, the other processes of the app get it too (``local=True``:
-        this process only); see :class:`~embedws.RedisBroker` for failures.
+        this process only); see `embedws.RedisBroker` for failures.
 
         Returns:
             How many websockets in this process it was handed to.

@@ -5,7 +5,7 @@ channel: ``{prefix}:all`` for ``app.broadcast``, ``{prefix}:room:{name}`` for a
 room. The envelope is JSON (default) or msgpack, never pickle, so a peer can
 never make another process run code. Fields:
 
-* ``v``: the envelope version (:data:`VERSION`); other versions are refused;
+* ``v``: the envelope version (`VERSION`); other versions are refused;
 * ``node``: the sending broker's node id (a process drops its own echoes);
 * ``seq``: a per-(node, channel) sequence number, from 1; a receiver counts
   the numbers it never saw as a gap;

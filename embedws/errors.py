@@ -183,9 +183,9 @@ class BrokerError(EmbedwsError):
     """A broadcast could not be published to the other processes (Redis), or was refused.
 
     Raised by ``broadcast`` when a message is larger than the broker's
-    ``max_message_size``, by an :class:`~embedws.Emitter` whose publish failed
+    ``max_message_size``, by an `embedws.Emitter` whose publish failed
     twice, and, with ``RedisBroker(on_error="raise")``, by the next broadcast
-    after a publish failed (see :class:`~embedws.RedisBroker`).
+    after a publish failed (see `embedws.RedisBroker`).
     """
 
 

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A :class:`RedisBroker` belongs to one app (``App(broker=...)`` binds it to the
+A `RedisBroker` belongs to one app (``App(broker=...)`` binds it to the
 app's registry). It runs on the event loop of the first server of the app to
 start, from before that server accepts (so no member can join a room before
 the broker is there) until the last server of the app has closed its
@@ -118,7 +118,7 @@ class RedisBroker:
     Failures: a publish that fails is retried once; then, with
     ``on_error="log"`` (default) it is logged and dropped; with
     ``on_error="raise"`` the *next* broadcast of the app raises
-    :class:`~embedws.errors.BrokerError` (sending nothing), since the broadcast
+    `BrokerError` (sending nothing), since the broadcast
     that failed had returned long before. Either way ``publish_failed``
     listeners are called. A message larger than ``max_message_size`` makes
     ``broadcast`` raise ``BrokerError`` before sending anything. While no server
@@ -786,7 +786,7 @@ class AsyncEmitter:
     ``emit = AsyncEmitter(url, prefix=...)``, then ``await emit.broadcast(data)``
     or ``await emit.room(name).broadcast(data)``; ``await emit.aclose()`` (or
     ``async with``). Each call waits for Redis; a publish that fails is retried
-    once, then raises :class:`~embedws.errors.BrokerError`. The envelope is the
+    once, then raises `BrokerError`. The envelope is the
     broker's, so ``prefix``, ``codec``, ``sharded`` and ``mode`` must match the app's.
 
     Thread contract: use it on one event loop.

@@ -25,7 +25,7 @@ which bounds the memory a slow reader can cost. The cap is far above the
 write limit, so that readers that keep up take bursts of large messages.
 
 With a scale-out broker (``App(broker=...)``, ``embedws/aio/broker.py``) the
-registry is its :class:`Publisher`'s source: a broadcast is delivered locally
+registry is its `Publisher`'s source: a broadcast is delivered locally
 first, then handed to the publisher (which never waits for Redis); and the
 first member joining a room or the last leaving it tells the publisher
 (``rooms_changed``) after the lock is released, so it can subscribe or

@@ -1,7 +1,7 @@
 """``embedws.Emitter``: broadcast to an app's rooms from a process that serves nothing.
 
 A worker or a cron job publishes the same envelope as the app's
-:class:`~embedws.RedisBroker` (``embedws/aio/broker.py``), with redis-py's
+`embedws.RedisBroker` (``embedws/aio/broker.py``), with redis-py's
 blocking client: each call waits for Redis, which is what such a program wants.
 """
 
@@ -26,9 +26,9 @@ class Emitter:
     ``emit.room(name).broadcast(data)`` the members of a room. ``prefix``,
     ``codec``, ``sharded`` and ``mode`` must match the app's broker. Each call blocks
     until Redis has the message (at most ``socket_timeout``, twice: a failed
-    publish is retried once, then raises :class:`~embedws.errors.BrokerError`).
+    publish is retried once, then raises `BrokerError`).
     ``close()`` (or ``with``) closes the connection.
-    For asyncio programs: :class:`~embedws.AsyncEmitter`.
+    For asyncio programs: `embedws.AsyncEmitter`.
 
     Thread contract: safe from any thread.
     """
