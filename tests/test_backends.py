@@ -917,3 +917,17 @@ async def test_a_port_in_use_raises_oserror_and_leaves_nothing_running(anyio_bac
                 return ws.recv(timeout=5)
 
         assert await in_thread(client) == "again"
+
+
+def test_an_app_with_a_redis_broker_is_refused_inside_trio() -> None:
+    """The broker is redis-py's asyncio client: inside trio, a clear error, not a hang."""
+    import trio
+
+    app = embedws.App("broker", broker=embedws.RedisBroker("redis://127.0.0.1:9"))
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="asyncio"):
+            async with embedws.aio.serve(app, "127.0.0.1", 0):
+                pass
+
+    trio.run(main)

@@ -9,11 +9,16 @@ through `ServedApp` (routes, config, middleware, listeners, runners).
 It accepts through an `Acceptor`, which, when the
 process runs out of descriptors, has `Server.close_idle_http()` make room.
 
+Start order: ``before_server_start`` listeners; the app's scale-out broker
+(``embedws/aio/broker.py``), if any, attaches (the first server starts it);
+listen; ``after_server_start`` listeners.
+
 Shutdown order (``close()``): ``before_server_stop`` listeners; stop accepting;
 close idle HTTP connections; send close 1001 to every websocket; wait until the
 connections are gone and the handlers have returned, at most
 ``GRACEFUL_SHUTDOWN_TIMEOUT``; abort what remains and give up on handlers still
-running (logged); ``after_server_stop`` listeners.
+running (logged); the broker detaches (the last server stops it: unsubscribed,
+its connections and tasks gone); ``after_server_stop`` listeners.
 """
 
 from __future__ import annotations
@@ -41,11 +46,12 @@ from ..routing import Route, Router
 from ..security import is_loopback_address, rebinding_guard_warning
 from ..tls import SSLArg, server_context
 from .acceptor import AcceptBackoff, Acceptor
+from .broker import RedisBroker
 from .connection import Connection, Settings, protocol_logger, read_buffer_for
 from .crossing import LoopClosed, crossing_for
 from .http import HTTPConnection
 from .runner import HandlerRunner, HookRunner, is_async_callable
-from .runtime import shield, timeout_at, wait_uncancellable
+from .runtime import is_asyncio, shield, timeout_at, wait_uncancellable
 
 __all__ = ["Listening", "ServedApp", "Server", "serve"]
 
@@ -64,6 +70,8 @@ class ServedApp(Protocol):
     config: Config
     error_format: str | None
 
+    @property
+    def broker(self) -> RedisBroker | None: ...
     @property
     def request_middleware(self) -> Sequence[Callable[..., Any]]: ...
     @property
@@ -149,6 +157,7 @@ class Server:
         self._closed: asyncio.Future[None] = loop.create_future()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._unix: str | None = None
+        self._broker: RedisBroker | None = None  # attached: detach it at shutdown
 
     # Starting -------------------------------------------------------------------
 
@@ -167,6 +176,16 @@ class Server:
         self._runners = self.app.handler_runners(self.loop, self.config)
         self._hooks = self.app.hook_runner(self.loop, self.config)
         await self._run_listeners("before_server_start", raise_errors=True)
+        broker = self.app.broker
+        if broker is not None:
+            if not is_asyncio(self.loop):
+                raise RuntimeError(
+                    "the Redis broker runs on asyncio (redis-py's asyncio client): "
+                    "serve this app with asyncio, or without a broker inside trio"
+                )
+            # Before listening: no member can join a room the broker does not know of.
+            await broker.attach()
+            self._broker = broker
         if unix is not None:
             self._unix = unix
         self._servers.extend(await self._listen(host, port, context, sock, unix))
@@ -540,6 +559,12 @@ class Server:
                 await runner.shutdown(deadline)
             for server in self._servers:
                 await server.wait_closed()
+            broker, self._broker = self._broker, None
+            if broker is not None:
+                try:
+                    await broker.detach()
+                except Exception:
+                    logger.exception("stopping the broker failed")
             await self._run_listeners("after_server_stop")
         finally:
             if self._hooks is not None:
