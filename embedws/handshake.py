@@ -41,17 +41,18 @@ def is_upgrade(request: Request) -> bool:
 def parse_upgrade(head: bytes) -> WSRequest | None:
     """A whole upgrade request head, parsed by ``websockets``' own parser; None: leave it to h11.
 
-    A fast path (``embedws/aio/http.py`` takes it for the first request of a
-    connection): h11 parses a browser's upgrade for about 107 K instructions
-    more than this parser, and the request it gives goes to
-    ``ServerProtocol.accept`` as it is, without converting headers: together
-    12% of a whole handshake's server instructions (``bench/instructions.py``,
-    1,250 K to 1,103 K). It is taken only for heads that both parsers read
-    alike and h11 would accept (``tests/test_upgrade_parse.py`` checks that on
-    random heads): ``GET`` over HTTP/1.1, a target of visible ASCII characters,
-    exactly one Host header, no body headers, every line ending in CRLF, every
-    header name a token and every value free of control characters. Any other
-    head, including every one this parser refuses, goes to h11 as before.
+    A fast path (switch ``EMBEDWS_FAST_UPGRADES``; ``embedws/aio/http.py``
+    takes it for the first request of a connection): h11 parses a browser's
+    upgrade for about 107 K instructions more than this parser, and the
+    request this gives goes to ``ServerProtocol.accept`` as it is, without
+    converting headers: together 12% of a whole handshake's server
+    instructions (``bench/instructions.py``: 1,250 K to 1,103 K). It is taken
+    only for heads that both parsers read alike and h11 would accept
+    (``tests/test_upgrade_parse.py`` checks that on random heads): ``GET``
+    over HTTP/1.1, a target of visible ASCII characters, exactly one Host
+    header, no body headers, every line ending in CRLF, every header name a
+    token and every value free of control characters. Any other head,
+    including every one this parser refuses, goes to h11 as before.
     """
     reader = StreamReader()
     reader.feed_data(head)

@@ -59,6 +59,7 @@ from ..request import Request, check_head
 from ..response import FileResponse, HTTPResponse, error_response
 from ..routing import Route
 from ..security import host_allowed
+from ..switches import FAST_UPGRADES
 
 if TYPE_CHECKING:
     from .server import Server
@@ -109,7 +110,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
         # The upgrade fast path (_upgrade_fast): the first request of a
         # connection, parsed without h11, keeps its head and what came after it
         # here until it is either switched to a websocket or given to h11.
-        self._fresh = True
+        self._fresh = FAST_UPGRADES  # the fast path may still take the first request
         self._fast_head: bytes | None = None
         self._fast_rest = bytearray()
         self._ws_request: WSRequest | None = None
