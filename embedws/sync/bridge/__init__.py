@@ -52,11 +52,11 @@ thread writes log records. User threads call the sync API and broadcast.
 Fast paths (``embedws/switches.py`` has one switch each)
 ------------------------------------------------
 * Direct writes (``EMBEDWS_DIRECT_WRITES``): thread mode at one connection,
-  27% less server CPU per echo and a lower p50 (``bench/sync_echo.py``).
-* Wake batching (``EMBEDWS_WAKE_BATCH``): thread mode at 50 connections, 15%
-  less server CPU per echo, two context switches fewer (``bench/sync_echo.py``).
+  11% less server CPU per echo (``bench/sync_echo.py``).
+* Wake batching (``EMBEDWS_WAKE_BATCH``): thread mode, 19% less server CPU per
+  echo at one connection and 9% at 50, two context switches fewer.
 * ``SCHED_BATCH`` (``EMBEDWS_SCHED_BATCH``) keeps woken handler threads from
-  preempting the loop (``bench/sync_echo.py``, 50 connections).
+  preempting the loop: 27% less server CPU per echo at 50 connections.
 The figures, with the commands that measured them, are in the fast-path table
 of ``docs/architecture.md``.
 The portable path underneath each is complete: Windows' proactor loop, uvloop
