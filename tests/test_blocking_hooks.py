@@ -20,7 +20,7 @@ from websockets.sync.client import ClientConnection
 import embedws
 from embedws.response import HTTPResponse, text
 
-from .conftest import MS, add_handler, client, echo_handlers, serving
+from .conftest import MS, add_handler, client, echo_handlers, seconds, serving
 
 LOOKUP = 200 * MS  # what a database lookup in a middleware costs
 ROUND_TRIP_BOUND = 50 * MS
@@ -32,7 +32,7 @@ def round_trips_while(ws: ClientConnection, busy: threading.Event) -> list[float
     while busy.is_set() or not times:
         started = time.perf_counter()
         ws.send("ping")
-        assert ws.recv(timeout=5) == "ping"
+        assert ws.recv(timeout=seconds(5)) == "ping"
         times.append(time.perf_counter() - started)
     return times
 
@@ -44,7 +44,7 @@ def running(fn: Any, *args: Any) -> Iterator[threading.Thread]:
     try:
         yield thread
     finally:
-        thread.join(30)
+        thread.join(seconds(30))
         assert not thread.is_alive()
 
 
@@ -80,7 +80,7 @@ def test_a_blocking_def_middleware_does_not_stall_open_connections(kind: str) ->
         token = "ok" if n % 4 else "bad"
         try:
             with client(f"{server.url}/login?token={token}&name=user{n}") as c:
-                greeted.append(c.recv(timeout=5))
+                greeted.append(c.recv(timeout=seconds(5)))
         except InvalidStatus as exc:
             refused.append(exc.response.status_code)
 
@@ -89,13 +89,13 @@ def test_a_blocking_def_middleware_does_not_stall_open_connections(kind: str) ->
         started = time.monotonic()
         for thread in threads:
             thread.start()
-        assert in_lookup.wait(5)
+        assert in_lookup.wait(seconds(5))
         busy = threading.Event()
         busy.set()
         times: list[float] = []
         with running(lambda: times.extend(round_trips_while(probe, busy))):
             for thread in threads:
-                thread.join(10)
+                thread.join(seconds(10))
             busy.clear()
         elapsed = time.monotonic() - started
     assert max(times) < ROUND_TRIP_BOUND, f"slowest round trip {max(times) * 1000:.1f} ms"
@@ -123,18 +123,18 @@ def test_a_blocking_before_server_stop_leaves_connections_echoing(kind: str) -> 
         with client(server.url + "/echo") as probe:
             stopper = threading.Thread(target=server.stop)
             stopper.start()
-            assert flushing.wait(5)
+            assert flushing.wait(seconds(5))
             times: list[float] = []
             while not flushed.is_set():
                 started = time.perf_counter()
                 try:
                     probe.send("still here")
-                    assert probe.recv(timeout=5) == "still here"
+                    assert probe.recv(timeout=seconds(5)) == "still here"
                 except ConnectionClosedOK:
                     assert flushed.is_set()  # the listener returned: the shutdown goes on
                     break
                 times.append(time.perf_counter() - started)
-            stopper.join(30)
+            stopper.join(seconds(30))
             assert not stopper.is_alive()
     finally:
         server.stop()
@@ -159,14 +159,14 @@ def test_a_blocking_start_listener_delays_only_its_own_start() -> None:
         holder: dict[str, Any] = {}
         starter = threading.Thread(target=lambda: holder.update(s=second.start(port=0)))
         starter.start()
-        assert preparing.wait(5)
+        assert preparing.wait(seconds(5))
         times: list[float] = []
         while not prepared.is_set():
             started = time.perf_counter()
             probe.send("x")
-            assert probe.recv(timeout=5) == "x"
+            assert probe.recv(timeout=seconds(5)) == "x"
             times.append(time.perf_counter() - started)
-        starter.join(10)
+        starter.join(seconds(10))
         holder["s"].stop()
     assert max(times) < ROUND_TRIP_BOUND
 
@@ -203,7 +203,7 @@ def test_def_and_async_hooks_keep_their_order_and_share_ctx() -> None:
         ws.send(" ".join(request.ctx.seen))
 
     with serving(app) as server, client(server.url + "/ws") as c:
-        assert c.recv(timeout=5) == "first second third"
+        assert c.recv(timeout=seconds(5)) == "first second third"
         assert c.response is not None
         assert c.response.headers["X-Seen"] == "first,second,third"
     assert calls == ["first", "second", "third", "response 101"]
@@ -227,7 +227,7 @@ def test_a_def_middleware_that_raises_answers_500_and_the_server_goes_on() -> No
         fail = False
         with client(server.url + "/ws") as c:
             c.send("back")
-            assert c.recv(timeout=5) == "back"
+            assert c.recv(timeout=seconds(5)) == "back"
 
 
 def test_a_def_listener_may_stop_the_server_without_waiting_for_itself() -> None:
@@ -244,4 +244,4 @@ def test_a_def_listener_may_stop_the_server_without_waiting_for_itself() -> None
     started = time.monotonic()
     server.stop()
     assert returned.is_set()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < seconds(5)

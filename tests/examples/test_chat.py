@@ -11,7 +11,7 @@ import pytest
 import embedws
 from embedws.sync import Server
 
-from ..conftest import LogWaiter, client, serving
+from ..conftest import LogWaiter, client, seconds, serving
 from .conftest import Program, http_get, load_example, recv_json
 
 
@@ -135,10 +135,10 @@ def test_chat_program(program_args: list[str]) -> None:
             assert needle in page
         ws = client(program.ws_url + "/ws/chat/lobby")  # the `websockets` client
         try:
-            welcome = json.loads(ws.recv(timeout=5))
+            welcome = json.loads(ws.recv(timeout=seconds(5)))
             assert welcome["type"] == "welcome"
             ws.send(json.dumps({"type": "chat", "text": "hi"}))
-            assert json.loads(ws.recv(timeout=5))["text"] == "hi"
+            assert json.loads(ws.recv(timeout=seconds(5)))["text"] == "hi"
             assert json.loads(http_get(program.http_url + "/api/rooms")[2])["total_clients"] == 1
         finally:
             ws.close()
