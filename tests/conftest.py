@@ -288,7 +288,7 @@ class RawClient:
         (pongs, the close reply) unless ``answer`` is false."""
         import time
 
-        from websockets.frames import Opcode
+        from websockets.frames import Frame, Opcode
 
         deadline = time.monotonic() + timeout
         frames: list[Any] = []
@@ -316,7 +316,7 @@ class RawClient:
                     pass
             if not data:
                 break
-            new = self.protocol.events_received()
+            new = [e for e in self.protocol.events_received() if isinstance(e, Frame)]
             frames.extend(new)
             if frames and not until_close:
                 break

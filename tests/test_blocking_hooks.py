@@ -73,7 +73,7 @@ def test_a_blocking_def_middleware_does_not_stall_open_connections(kind: str) ->
         request.ctx.user = request.args.get("name")
         return None
 
-    greeted: list[str] = []
+    greeted: list[str | bytes] = []
     refused: list[int] = []
 
     def handshake(n: int) -> None:

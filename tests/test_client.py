@@ -20,6 +20,7 @@ import pytest
 import trustme
 from websockets.asyncio.server import serve as ws_serve
 from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 import embedws
 from embedws.errors import (
@@ -47,7 +48,7 @@ def fast_delays() -> Iterator[float]:
 def app() -> embedws.App:
     app = embedws.App("client-tests")
     echo, _ = echo_handlers()
-    app.add_websocket_route(echo, "/echo", subprotocols=["chat"])
+    app.add_websocket_route(echo, "/echo", subprotocols=[Subprotocol("chat")])
 
     @app.websocket("/info")
     async def info(request: Any, ws: Any) -> None:
@@ -131,7 +132,7 @@ def test_sync_client_round_trip_and_properties(server: Any) -> None:
         ws.send({"json": True})
         assert ws.recv(timeout=seconds(5)) == '{"json":true}'
         assert ws.ping().wait(seconds(5)) is True
-        assert ws.open and not ws.closed
+        assert (ws.open, ws.closed) == (True, False)  # a tuple: mypy keeps ws.closed a bool
         assert ws.server_state is embedws.State.OPEN
         assert ws.remote_address[1] == server.port
     assert ws.closed and ws.close_code == 1000
@@ -262,7 +263,7 @@ def websockets_server() -> Iterator[int]:
             await ws.send(message)
 
     async def main() -> None:
-        async with ws_serve(echo, "127.0.0.1", 0, subprotocols=["chat"]) as server:
+        async with ws_serve(echo, "127.0.0.1", 0, subprotocols=[Subprotocol("chat")]) as server:
             holder["port"] = server.sockets[0].getsockname()[1]
             holder["stop"] = asyncio.Event()
             holder["loop"] = asyncio.get_running_loop()
@@ -565,14 +566,12 @@ def test_sync_client_writes_keep_their_order_when_the_socket_fills_up() -> None:
         ws.send("all read")
 
     with serving(app) as server, server.connect("/", compression=None) as ws:
-        senders = [
-            threading.Thread(
-                target=lambda start=start: [
-                    ws.send(f"{n:06d}" + "x" * 65536) for n in range(start, 400, 4)
-                ]
-            )
-            for start in range(4)
-        ]
+
+        def send_from(start: int) -> None:
+            for n in range(start, 400, 4):
+                ws.send(f"{n:06d}" + "x" * 65536)
+
+        senders = [threading.Thread(target=send_from, args=(start,)) for start in range(4)]
         for thread in senders:
             thread.start()
         # Until the socket is full and writes queue up in the transport.

@@ -93,6 +93,13 @@ def server() -> Any:
 def get(
     port: int, path: str, method: str = "GET", body: bytes | None = None, **headers: str
 ) -> Any:
+    return get_with(port, path, headers, method, body)
+
+
+def get_with(
+    port: int, path: str, headers: dict[str, str], method: str = "GET", body: bytes | None = None
+) -> Any:
+    """`get` with headers whose names are not Python identifiers."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=seconds(5))
     conn.request(method, path, body=body, headers=headers)
     response = conn.getresponse()
@@ -176,11 +183,11 @@ def test_headers_cookies_and_request_properties(server: Any) -> None:
 def test_remote_addr_from_trusted_proxies() -> None:
     app = make_app(PROXIES_COUNT=1)
     with serving(app) as server:
-        _, body = get(server.port, "/headers", **{"X-Forwarded-For": "203.0.113.9"})
+        _, body = get_with(server.port, "/headers", {"X-Forwarded-For": "203.0.113.9"})
         assert json.loads(body)["remote_addr"] == "203.0.113.9"
     app = make_app(PROXIES_COUNT=1, REAL_IP_HEADER="X-Real-IP")
     with serving(app) as server:
-        _, body = get(server.port, "/headers", **{"X-Real-IP": "198.51.100.7"})
+        _, body = get_with(server.port, "/headers", {"X-Real-IP": "198.51.100.7"})
         assert json.loads(body)["remote_addr"] == "198.51.100.7"
 
 

@@ -109,7 +109,7 @@ def test_a_ping_flood_gets_its_pongs_and_the_connection_survives(echo_server: An
     peer = RawClient(echo_server.port)
     peer.send_raw(b"".join(raw_frame(PING, b"%d" % i) for i in range(2000)))
     peer.send_frame(TEXT, b"still alive")
-    pongs, texts_seen = 0, []
+    pongs, texts_seen = 0, list[Any]()
     while not texts_seen:
         frames = peer.events(until_close=False)
         assert frames

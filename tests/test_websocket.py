@@ -28,7 +28,7 @@ from .conftest import MS, add_handler, client, seconds, serving
 def _decode(cmd: dict[str, Any], key: str = "data") -> Any:
     value = cmd.get(key)
     if cmd.get("b64"):
-        return base64.b64decode(value)
+        return base64.b64decode(str(value))
     return value
 
 
