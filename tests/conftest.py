@@ -367,3 +367,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             base = marker.args[0] if marker.args else marker.kwargs.get("timeout", option)
         if float(base) > 0:  # 0 turns the limit off; off stays off
             item.add_marker(pytest.mark.timeout(seconds(float(base))), append=False)
+
+
+#: The event loop the suite runs on: ``asyncio`` (the platform's) or ``uvloop``.
+#: An application picks uvloop the same way, by installing its policy before it
+#: starts a server: embedws's loop threads then take no selector fast path.
+TESTS_LOOP = os.environ.get("EMBEDWS_TESTS_LOOP", "asyncio")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if TESTS_LOOP == "uvloop":
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif TESTS_LOOP != "asyncio":
+        raise pytest.UsageError(f"EMBEDWS_TESTS_LOOP must be asyncio or uvloop, not {TESTS_LOOP}")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from embedws import switches
+
+    paths = ", ".join(f"{name}={getattr(switches, name)}" for name in switches.__all__)
+    return [f"embedws: loop {TESTS_LOOP}; fast paths {paths}; time factor {seconds(1):g}"]
