@@ -311,18 +311,20 @@ def test_random_joins_leaves_and_broadcasts_from_8_threads_stay_consistent() -> 
 # large broadcasts --------------------------------------------------------------------
 
 READERS = """
-import sys, threading
+import os, sys, threading
 from websockets.sync.client import connect
+
+FACTOR = float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))  # as the suite's MS
 
 url, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ready = threading.Barrier(4)
 results = []
 
 def read():
-    with connect(url, max_size=None, open_timeout=10) as ws:
-        ws.recv(timeout=10)  # joined
+    with connect(url, max_size=None, open_timeout=10 * FACTOR) as ws:
+        ws.recv(timeout=10 * FACTOR)  # joined
         ready.wait()
-        got = [ws.recv(timeout=30) for _ in range(count)]
+        got = [ws.recv(timeout=30 * FACTOR) for _ in range(count)]
         results.append(all(m == bytes([i]) * size for i, m in enumerate(got)))
 
 threads = [threading.Thread(target=read) for _ in range(3)]

@@ -532,10 +532,12 @@ def test_the_interpreter_exits_promptly_with_a_client_and_a_server_still_open() 
 
     script = ECHO_PROGRAM + textwrap.dedent(
         """
+        import os
+        FACTOR = float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))  # as the suite's MS
         server = app.start(port=0)
         ws = server.connect("/")
         ws.send("hi")
-        print(ws.recv(timeout=5), flush=True)
+        print(ws.recv(timeout=5 * FACTOR), flush=True)
         # neither ws.close() nor server.stop(): the program just ends
         """
     )

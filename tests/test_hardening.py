@@ -320,16 +320,18 @@ def test_100_start_stop_cycles_do_not_leak(echo_app: embedws.App) -> None:
 
 LOAD_CLIENT = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, os, sys
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
+
+    FACTOR = float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))  # as the suite's MS
 
     async def main():
         base, count = sys.argv[1], int(sys.argv[2])
         paths = ["/thread", "/greenlet", "/async"]
         opened, codes = [], []
         async def one(i):
-            async with connect(base + paths[i % 3], ping_interval=None, open_timeout=30,
+            async with connect(base + paths[i % 3], ping_interval=None, open_timeout=30 * FACTOR,
                                compression=None) as ws:
                 opened.append(i)
                 if len(opened) == count:

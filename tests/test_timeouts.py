@@ -95,14 +95,42 @@ def bare_time_bounds(source: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def programs_in(source: str) -> list[tuple[int, str]]:
+    """(line, text) of each string in ``source`` that is a Python program (run in a child)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = textwrap.dedent(node.value)
+            if "import " not in text:
+                continue
+            try:
+                ast.parse(text)
+            except SyntaxError:
+                continue
+            found.append((node.lineno, text))
+    return found
+
+
 def test_no_test_writes_a_time_bound_as_a_bare_number() -> None:
-    offenders = [
-        f"{path.relative_to(TESTS.parent)}:{line}: {what}"
-        for path in sorted(TESTS.rglob("*.py"))
-        if "node_modules" not in path.parts
-        for line, what in bare_time_bounds(path.read_text())
-    ]
+    offenders = []
+    for path in sorted(TESTS.rglob("*.py")):
+        if "node_modules" in path.parts:
+            continue
+        name = path.relative_to(TESTS.parent)
+        source = path.read_text()
+        offenders += [f"{name}:{line}: {what}" for line, what in bare_time_bounds(source)]
+        for start, program in programs_in(source):
+            offenders += [
+                f"{name}:{start}: a child program's {what} (scale it: EMBEDWS_TESTS_TIMEOUT_FACTOR)"
+                for _, what in bare_time_bounds(program)
+            ]
     assert not offenders, "scale these with seconds(...) or MS:\n" + "\n".join(offenders)
+
+
+def test_the_scan_reads_the_programs_tests_run_in_a_child() -> None:
+    source = 'SCRIPT = """\nimport sys\nws.recv(timeout=5)\n"""\nNOTE = "not code: join(5)"\n'
+    [(line, program)] = programs_in(source)
+    assert line == 1 and bare_time_bounds(program) == [(3, "recv(timeout=<number>)")]
 
 
 def test_the_scan_finds_each_kind_of_bare_bound() -> None:
