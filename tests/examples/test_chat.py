@@ -106,6 +106,8 @@ def test_rooms_are_separate_and_listed(app: embedws.App, logs: LogWaiter) -> Non
         assert recv_json(alice)["type"] == "join"
         with server.connect("/ws/chat/blue") as carol:
             carol_id = recv_json(carol)["client_id"]
+            # A sync handler sends the welcome before it joins the room.
+            logs.wait_for(f"{carol_id} joined room blue")
             assert rooms(server) == {
                 "rooms": [{"name": "blue", "clients": 1}, {"name": "red", "clients": 2}],
                 "total_clients": 3,
