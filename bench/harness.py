@@ -34,6 +34,9 @@ CLIENT_SCRIPT = HERE / "loadclient.py"
 CONNECTIONS_PER_CLIENT = 10_000  # well under the 20,000 open files a process may have
 # "embedws-async@base": the embedws-async server, with embedws imported from --baseline DIR.
 BASE = "@base"
+# "embedws-thread+EMBEDWS_DIRECT_WRITES=0": the embedws-thread server with that variable set, so a
+# fast path and the portable path under it are measured in the same rounds.
+VARIANT = "+"
 
 
 @dataclass(frozen=True)
@@ -87,10 +90,26 @@ def parse_names(
 ) -> list[str]:
     """A comma-separated list of ``known`` names (``what``: "kinds", ...)."""
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = set(names) - set(known)
+    unknown = {name for name in names if split_variant(name)[0] not in known}
+    for name in names:
+        kind, env = split_variant(name)
+        if env and not (kind.startswith("embedws-") and all(k.startswith("EMBEDWS_") for k in env)):
+            parser.error(f"{name}: only embedws kinds take variables, and only EMBEDWS_ ones")
     if unknown:
         parser.error(f"unknown {what} {sorted(unknown)}; choose from {', '.join(known)}")
     return names
+
+
+def split_variant(kind: str) -> tuple[str, dict[str, str]]:
+    """``"embedws-thread+EMBEDWS_X=0+EMBEDWS_Y=1"`` -> ``("embedws-thread", {...})``."""
+    name, *assignments = kind.split(VARIANT)
+    env: dict[str, str] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{kind}: expected {VARIANT}NAME=VALUE after the kind")
+        env[key] = value
+    return name, env
 
 
 def parse_ints(text: str) -> list[int]:
@@ -153,16 +172,17 @@ class ServerProcess:
     ) -> None:
         self.kind = kind
         self.stderr_path = Path(tempfile.mkstemp(prefix=f"bench-{kind}-", suffix=".log")[1])
-        args = [PYTHON, str(script), "--kind", kind.removesuffix(BASE), "--lifetime", str(lifetime)]
+        base_kind, variables = split_variant(kind.removesuffix(BASE))
+        args = [PYTHON, str(script), "--kind", base_kind, "--lifetime", str(lifetime)]
         args += _pin_args(cpus)
         if profile:
             args += ["--profile", profile]
-        env = None
+        env = {**os.environ, **variables} if variables else None
         if kind.endswith(BASE):
             if baseline is None:
                 raise ValueError(f"{kind}: a baseline kind needs the baseline checkout")
             # First on the path, before the editable install of this checkout.
-            env = {**os.environ, "PYTHONPATH": str(baseline)}
+            env = {**(env or os.environ), "PYTHONPATH": str(baseline)}
             args += ["--embedws-from", str(baseline)]
         with self.stderr_path.open("wb") as stderr:
             self.proc = subprocess.Popen(

@@ -1,8 +1,8 @@
 """embedws: host websocket endpoints from any Python program.
 
-Sync (``def``) and async (``async def``) handlers in one :class:`App`; a
+Sync (``def``) and async (``async def``) handlers in one `App`; a
 background event loop thread for programs that are not async; the same core
-on your own loop with :func:`embedws.aio.serve`.
+on your own loop with [`embedws.aio.serve()`][embedws.aio.serve].
 """
 
 from __future__ import annotations

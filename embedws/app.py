@@ -44,7 +44,7 @@ HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
 
 
 class _RouteTable:
-    """Route registration shared by :class:`App` and :class:`Blueprint`."""
+    """Route registration shared by `App` and `Blueprint`."""
 
     def _register(
         self, kind: RouteKind, handler: Callable[..., Any], uri: str, **options: Any
@@ -97,7 +97,7 @@ class _RouteTable:
         return decorator
 
     def add_websocket_route(self, handler: Callable[..., Any], uri: str, **options: Any) -> Any:
-        """Register a websocket handler; the options are those of :meth:`websocket`."""
+        """Register a websocket handler; the options are those of `websocket()`."""
         return self._register("websocket", handler, uri, **options)
 
     def route(
@@ -144,7 +144,7 @@ class _RouteTable:
         methods: Sequence[str] = ("GET",),
         **options: Any,
     ) -> Any:
-        """Register an HTTP handler; the options are those of :meth:`route`."""
+        """Register an HTTP handler; the options are those of `route()`."""
         return self._register("http", handler, uri, methods=methods, **options)
 
     def static(
@@ -200,23 +200,23 @@ class _RouteTable:
         self._register("http", handler, base or "/", **options)
 
     def get(self, uri: str, **options: Any) -> Callable[[_F], _F]:
-        """:meth:`route` for GET (and HEAD)."""
+        """`route()` for GET (and HEAD)."""
         return self.route(uri, methods=("GET",), **options)
 
     def post(self, uri: str, **options: Any) -> Callable[[_F], _F]:
-        """:meth:`route` for POST."""
+        """`route()` for POST."""
         return self.route(uri, methods=("POST",), **options)
 
     def put(self, uri: str, **options: Any) -> Callable[[_F], _F]:
-        """:meth:`route` for PUT."""
+        """`route()` for PUT."""
         return self.route(uri, methods=("PUT",), **options)
 
     def delete(self, uri: str, **options: Any) -> Callable[[_F], _F]:
-        """:meth:`route` for DELETE."""
+        """`route()` for DELETE."""
         return self.route(uri, methods=("DELETE",), **options)
 
     def patch(self, uri: str, **options: Any) -> Callable[[_F], _F]:
-        """:meth:`route` for PATCH."""
+        """`route()` for PATCH."""
         return self.route(uri, methods=("PATCH",), **options)
 
 
@@ -375,7 +375,7 @@ class App(_RouteTable):
     def on_response(self, middleware: _F) -> _F:
         """Run ``middleware(request, response)`` on every HTTP response and on the 101.
 
-        As with :meth:`on_request`, a ``def`` middleware runs off the event loop.
+        As with `on_request()`, a ``def`` middleware runs off the event loop.
         """
         self._response_middleware.append(middleware)
         return middleware
@@ -462,7 +462,7 @@ class App(_RouteTable):
         unix: str | None = None,
         **config: Any,
     ) -> Server:
-        """Serve in the background; return a :class:`~embedws.sync.Server` once listening.
+        """Serve in the background; return a [`Server`][embedws.sync.Server] once listening.
 
         ``config`` overrides ``app.config`` for this server only.
         """
@@ -489,7 +489,7 @@ class App(_RouteTable):
     def run(
         self, host: str | Sequence[str] | None = "127.0.0.1", port: int = 8000, **options: Any
     ) -> None:
-        """Serve until Ctrl-C / SIGTERM (from the main thread) or :meth:`stop`.
+        """Serve until Ctrl-C / SIGTERM (from the main thread) or `stop()`.
 
         Returns once the graceful shutdown is complete.
         """

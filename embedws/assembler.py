@@ -5,7 +5,7 @@ The ``websockets`` Sans-I/O layer hands over frames, and checks their order
 is joining the data of a fragmented message, and checking that a text
 message is UTF-8 (RFC 6455 §8.1: close 1007 otherwise).
 
-One :class:`Assembler` holds one fragmented message while it arrives:
+One `Assembler` holds one fragmented message while it arrives:
 
 * the fragments of a binary message go into one ``bytearray``, never a list of
   frames, so a message of 65,536 one-byte fragments (Autobahn 9.x) costs its

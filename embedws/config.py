@@ -1,9 +1,9 @@
 """Application configuration: every key, its default, and its validation.
 
-``App.config`` is a :class:`Config`. Keys are read and written as attributes
+``App.config`` is a `Config`. Keys are read and written as attributes
 (``app.config.WEBSOCKET_TIMEOUT = 5``) or as a mapping (``app.config["..."]``,
 ``update``). Setting an unknown key or a value of the wrong type raises
-:class:`~embedws.errors.ConfigError` naming the key; so does a value out of range.
+[`ConfigError`][embedws.errors.ConfigError] naming the key; so does a value out of range.
 """
 
 from __future__ import annotations
@@ -92,44 +92,112 @@ def _optional_str(key: str, value: Any) -> Any:
     raise ConfigError(f"{key} must be a string or None, not {value!r}")
 
 
+# The docs' configuration table is generated from these entries (scripts/config_table.py):
+# each doc is the "meaning" column, written in Markdown.
 _KEYS: dict[str, _Key] = {
-    "WEBSOCKET_TIMEOUT": _Key(10.0, _number(), "seconds for the opening and closing handshake"),
-    "WEBSOCKET_PING_INTERVAL": _Key(20.0, _number(optional=True), "keepalive ping period"),
-    "WEBSOCKET_PING_TIMEOUT": _Key(20.0, _number(optional=True), "keepalive pong deadline"),
-    "WEBSOCKET_MAX_SIZE": _Key(
-        2**20, _integer(minimum=1, optional=True), "largest incoming message, in bytes"
+    "WEBSOCKET_TIMEOUT": _Key(
+        10.0, _number(), "seconds for the opening (and TLS) and the closing handshake"
     ),
-    "WEBSOCKET_MAX_QUEUE": _Key(32, _integer(minimum=1), "incoming messages buffered"),
-    "WEBSOCKET_COMPRESSION": _Key(None, _choice(None, "deflate"), "permessage-deflate"),
-    "WEBSOCKET_ORIGINS": _Key(None, _names(), "origins allowed to open websockets"),
-    "ALLOWED_HOSTS": _Key(None, _names(), "Host header values accepted"),
-    "WEBSOCKET_WRITE_TIMEOUT": _Key(30.0, _number(), "seconds a peer may stop reading"),
+    "WEBSOCKET_PING_INTERVAL": _Key(
+        20.0, _number(optional=True), "seconds between keepalive pings; `None` disables them"
+    ),
+    "WEBSOCKET_PING_TIMEOUT": _Key(
+        20.0,
+        _number(optional=True),
+        "seconds a pong may take; none in time closes with 1011; `None`: no deadline",
+    ),
+    "WEBSOCKET_MAX_SIZE": _Key(
+        2**20,
+        _integer(minimum=1, optional=True),
+        "largest incoming message in bytes, inclusive, after decompression;"
+        " bigger closes with 1009; `None` for no limit",
+    ),
+    "WEBSOCKET_MAX_QUEUE": _Key(
+        32, _integer(minimum=1), "incoming messages buffered before reading from the socket pauses"
+    ),
+    "WEBSOCKET_COMPRESSION": _Key(
+        None, _choice(None, "deflate"), '`"deflate"` enables permessage-deflate'
+    ),
+    "WEBSOCKET_ORIGINS": _Key(
+        None,
+        _names(),
+        "origins that may open websockets and send unsafe HTTP requests, besides the page's"
+        ' own: a list (`"loopback"` for every loopback origin), or `"*"`',
+    ),
+    "ALLOWED_HOSTS": _Key(
+        None,
+        _names(),
+        "Host values accepted besides loopback names and route hosts"
+        ' (the guard against DNS rebinding): a list (`.example.com` for subdomains), or `"*"`',
+    ),
+    "WEBSOCKET_WRITE_TIMEOUT": _Key(
+        30.0,
+        _number(),
+        "seconds a peer may stop reading before it is dropped with 1011; no sender blocks longer",
+    ),
     "WEBSOCKET_MAX_BACKLOG": _Key(
         32 * 2**20,
         _integer(minimum=2**16),
-        "bytes waiting for one peer past which a broadcast drops it (1011)",
+        "bytes waiting for one peer past which a broadcast drops it with 1011 at once"
+        " (what one slow reader can cost)",
     ),
-    "KEEP_ALIVE_TIMEOUT": _Key(5.0, _number(), "idle HTTP keep-alive"),
-    "REQUEST_TIMEOUT": _Key(60.0, _number(), "seconds to receive a whole HTTP request"),
-    "REQUEST_MAX_HEADER_SIZE": _Key(16384, _integer(minimum=256), "header block limit"),
-    "REQUEST_MAX_SIZE": _Key(10 * 2**20, _integer(minimum=0), "HTTP body limit"),
-    "PROXIES_COUNT": _Key(0, _integer(minimum=0), "trusted reverse proxies"),
-    "REAL_IP_HEADER": _Key(None, _optional_str, "header carrying the client address"),
-    "SYNC_HANDLER_MODE": _Key("thread", _choice("thread", "greenlet"), "where sync handlers run"),
-    "SYNC_HANDLER_THREADS": _Key(1000, _integer(minimum=1), "sync handlers at once"),
+    "KEEP_ALIVE_TIMEOUT": _Key(
+        5.0, _number(), "seconds an idle HTTP keep-alive connection stays open"
+    ),
+    "REQUEST_TIMEOUT": _Key(
+        60.0, _number(), "seconds to receive a whole HTTP request (against slowloris)"
+    ),
+    "REQUEST_MAX_HEADER_SIZE": _Key(
+        16384, _integer(minimum=256), "largest HTTP header block in bytes; bigger gets 431"
+    ),
+    "REQUEST_MAX_SIZE": _Key(
+        10 * 2**20, _integer(minimum=0), "largest HTTP request body in bytes; bigger gets 413"
+    ),
+    "PROXIES_COUNT": _Key(
+        0,
+        _integer(minimum=0),
+        "trusted reverse proxies in front of the app, for `X-Forwarded-For`"
+        " and `X-Forwarded-Proto`",
+    ),
+    "REAL_IP_HEADER": _Key(
+        None,
+        _optional_str,
+        "header a trusted proxy sets to the client address, for `request.remote_addr`",
+    ),
+    "SYNC_HANDLER_MODE": _Key(
+        "thread",
+        _choice("thread", "greenlet"),
+        'where `def` handlers run: `"thread"` or `"greenlet"`',
+    ),
+    "SYNC_HANDLER_THREADS": _Key(
+        1000,
+        _integer(minimum=1),
+        "`def` handlers running at once in thread mode; past it, new ones get 503",
+    ),
     "SYNC_HANDLER_SCHED_BATCH": _Key(
-        True, _flag, "Linux: handler threads wait for the loop's pass instead of preempting it"
+        True,
+        _flag,
+        "Linux: handler threads use `SCHED_BATCH`, waiting for the loop's pass instead of"
+        " preempting it; `False` keeps the normal policy",
     ),
-    "MAX_CONNECTIONS": _Key(10000, _integer(minimum=1), "open connections"),
-    "GRACEFUL_SHUTDOWN_TIMEOUT": _Key(15.0, _number(), "seconds stop() waits for handlers"),
+    "MAX_CONNECTIONS": _Key(
+        10000,
+        _integer(minimum=1),
+        "open connections (websockets and HTTP keep-alive) past which new ones get 503",
+    ),
+    "GRACEFUL_SHUTDOWN_TIMEOUT": _Key(
+        15.0, _number(), "seconds `stop()` waits for handlers after sending 1001"
+    ),
     "LOOP_BLOCK_WARNING": _Key(
-        None, _number(optional=True), "warn when a greenlet handler blocks the loop this long"
+        None,
+        _number(optional=True),
+        "seconds: log a warning when a greenlet handler holds the loop longer; `None` is off",
     ),
 }
 
 
 class Config(Mapping[str, Any]):
-    """The configuration of an :class:`~embedws.App`.
+    """The configuration of an [`App`][embedws.App].
 
     Thread contract: read from any thread; change it before starting a server
     (a running server uses the values it started with).

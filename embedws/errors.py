@@ -1,40 +1,43 @@
 """Exceptions raised by embedws.
 
-Every exception embedws raises derives from :class:`EmbedwsError`; exceptions of
+Every exception embedws raises derives from `EmbedwsError`; exceptions of
 the libraries underneath (``websockets``, ``h11``, ``anyio``) are translated at
 the edge where they occur and kept as ``__cause__``. Timeouts raise the builtin
-:class:`TimeoutError`.
+`TimeoutError`.
 
-.. code-block:: text
+Thread contract: exceptions are plain values; raise, catch and read them on
+any thread.
 
-    EmbedwsError
-    ├── WebsocketClosed                 (.code, .reason, .sent_code, .sent_reason)
-    │   ├── ConnectionClosedOK          both sides closed with 1000 or 1001
-    │   └── ConnectionClosedError       anything else
-    ├── ConcurrencyError                (also RuntimeError) two readers at once
-    ├── ConfigError                     (also ValueError) unknown key, wrong type
-    ├── RouteError                      (also ValueError) bad or duplicate route
-    ├── ConnectError                    (also OSError) a client could not connect
-    │   ├── InvalidURI                  (also ValueError) not a ws:// or wss:// URI
-    │   ├── NameResolutionError         the host name does not resolve
-    │   ├── ConnectionRefused           nothing listens at that address
-    │   ├── TLSError                    TLS failed: certificate not trusted, wrong host...
-    │   ├── ProxyError                  the proxy refused the tunnel or failed
-    │   ├── HandshakeTimeout            (also TimeoutError) no answer within open_timeout
-    │   └── InvalidHandshake            the server did not accept the websocket
-    │       └── InvalidStatus           (.status, .headers, .body) a non-101 answer
-    └── HTTPException                   (.status_code) turned into an HTTP answer
-        ├── BadRequest                  400
-        ├── Unauthorized                401
-        ├── Forbidden                   403
-        ├── NotFound                    404
-        ├── MethodNotAllowed            405
-        ├── RequestTimeout              408
-        ├── PayloadTooLarge             413
-        ├── UpgradeRequired             426
-        ├── HeaderFieldsTooLarge        431
-        ├── ServerError                 500
-        └── ServiceUnavailable          503
+```text
+EmbedwsError
+├── WebsocketClosed                 (.code, .reason, .sent_code, .sent_reason)
+│   ├── ConnectionClosedOK          both sides closed with 1000 or 1001
+│   └── ConnectionClosedError       anything else
+├── ConcurrencyError                (also RuntimeError) two readers at once
+├── ConfigError                     (also ValueError) unknown key, wrong type
+├── RouteError                      (also ValueError) bad or duplicate route
+├── ConnectError                    (also OSError) a client could not connect
+│   ├── InvalidURI                  (also ValueError) not a ws:// or wss:// URI
+│   ├── NameResolutionError         the host name does not resolve
+│   ├── ConnectionRefused           nothing listens at that address
+│   ├── TLSError                    TLS failed: certificate not trusted, wrong host...
+│   ├── ProxyError                  the proxy refused the tunnel or failed
+│   ├── HandshakeTimeout            (also TimeoutError) no answer within open_timeout
+│   └── InvalidHandshake            the server did not accept the websocket
+│       └── InvalidStatus           (.status, .headers, .body) a non-101 answer
+└── HTTPException                   (.status_code) turned into an HTTP answer
+    ├── BadRequest                  400
+    ├── Unauthorized                401
+    ├── Forbidden                   403
+    ├── NotFound                    404
+    ├── MethodNotAllowed            405
+    ├── RequestTimeout              408
+    ├── PayloadTooLarge             413
+    ├── UpgradeRequired             426
+    ├── HeaderFieldsTooLarge        431
+    ├── ServerError                 500
+    └── ServiceUnavailable          503
+```
 """
 
 from __future__ import annotations
@@ -95,7 +98,10 @@ _CLOSE_EXPLANATIONS = {
 
 
 def describe_close(code: int, reason: str = "") -> str:
-    """Return ``"1001 (going away) server stopping"`` for a close code and reason."""
+    """Return ``"1001 (going away) server stopping"`` for a close code and reason.
+
+    Thread contract: a pure function; call it from any thread.
+    """
     if 3000 <= code < 4000:
         explanation = "registered"
     elif 4000 <= code < 5000:
@@ -107,7 +113,10 @@ def describe_close(code: int, reason: str = "") -> str:
 
 
 class EmbedwsError(Exception):
-    """Root of every exception embedws raises."""
+    """Root of every exception embedws raises.
+
+    Thread contract: a plain value, like every exception here; use it on any thread.
+    """
 
 
 class WebsocketClosed(EmbedwsError):
@@ -118,6 +127,9 @@ class WebsocketClosed(EmbedwsError):
         reason: close reason received from the peer.
         sent_code: close code this side sent, or ``None`` if it sent none.
         sent_reason: close reason this side sent.
+
+    Thread contract: a plain value; the thread that called ``send`` or ``recv``
+    gets it, and may hand it to any other.
     """
 
     def __init__(

@@ -4,7 +4,7 @@ The HTTP front asks, in this order: is the Host allowed (for every request, in
 ``http.py``); for a plain HTTP request, is it a cross-site request with an
 unsafe method; for an upgrade, is the Origin allowed, is the version 13.
 The ``websockets`` Sans-I/O layer then validates the key and negotiates
-extensions; :func:`subprotocol_selector` gives it our subprotocol rule.
+extensions; `subprotocol_selector()` gives it our subprotocol rule.
 """
 
 from __future__ import annotations

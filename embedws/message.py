@@ -32,7 +32,7 @@ def _dumps(value: Any) -> bytes:
 
 
 def encode_message(data: Any, encoding: str = "text") -> tuple[bool, bytes | Fragments]:
-    """Return ``(is_text, payload)``; ``payload`` is :class:`Fragments` when fragmented.
+    """Return ``(is_text, payload)``; ``payload`` is `Fragments` when fragmented.
 
     Raises:
         TypeError: ``data`` is of a type ``send`` does not take.

@@ -1,10 +1,10 @@
 """HTTP request and header containers (pure: no I/O).
 
-A :class:`Request` is built once per HTTP request or websocket handshake by the
+A `Request` is built once per HTTP request or websocket handshake by the
 HTTP front from what h11 parsed. Derived views (``headers``, ``args``,
 ``cookies``, ``json()``) are computed on first use, because most handlers never
 touch most of them and a websocket keeps its request for its whole life.
-:func:`check_head` refuses the heads h11 accepts but no route should see.
+`check_head()` refuses the heads h11 accepts but no route should see.
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def check_head(request: Request) -> None:
     ``Content-Length`` and ``Transfer-Encoding`` (RFC 9112 §6.3: the framing is
     ambiguous, the mark of request smuggling; h11 alone would let
     Transfer-Encoding win); a path with a dot segment or a NUL
-    (:func:`~embedws.routing.check_path`). h11 has already refused what it
+    (`check_path()`). h11 has already refused what it
     checks itself: two Host headers, conflicting lengths, other codings.
 
     Raises:

@@ -42,10 +42,13 @@ HeadersLike = Mapping[str, str] | Headers | Iterable[tuple[str, str]] | None
 
 
 class HTTPResponse:
-    """An HTTP response: ``status``, ``headers`` (a :class:`Headers`) and ``body``.
+    """An HTTP response: ``status``, ``headers`` (a `Headers`) and ``body``.
 
     ``on_response`` middleware may change ``headers`` (also on the 101 of a
     websocket upgrade, where the body is ignored).
+
+    Thread contract: build it on any thread and return it from a handler or
+    middleware; once returned, the server owns it and it must not change.
     """
 
     __slots__ = ("body", "headers", "status")
@@ -79,12 +82,18 @@ class HTTPResponse:
 
 
 def text(body: str, status: int = 200, headers: HeadersLike = None) -> HTTPResponse:
-    """A ``text/plain`` response."""
+    """A ``text/plain`` response.
+
+    Thread contract: a pure function of its arguments; call it from any thread.
+    """
     return HTTPResponse(body, status, headers, "text/plain; charset=utf-8")
 
 
 def html(body: str, status: int = 200, headers: HeadersLike = None) -> HTTPResponse:
-    """A ``text/html`` response."""
+    """A ``text/html`` response.
+
+    Thread contract: a pure function of its arguments; call it from any thread.
+    """
     return HTTPResponse(body, status, headers, "text/html; charset=utf-8")
 
 
@@ -95,7 +104,10 @@ def json(
     *,
     dumps: Any = None,
 ) -> HTTPResponse:
-    """A JSON response; ``dumps`` replaces :func:`json.dumps`."""
+    """A JSON response; ``dumps`` replaces `json.dumps()`.
+
+    Thread contract: a pure function of its arguments; call it from any thread.
+    """
     encoded = (dumps or _compact_dumps)(body)
     return HTTPResponse(encoded, status, headers, "application/json")
 
@@ -106,19 +118,28 @@ def raw(
     headers: HeadersLike = None,
     content_type: str = "application/octet-stream",
 ) -> HTTPResponse:
-    """A response with these bytes."""
+    """A response with these bytes.
+
+    Thread contract: a pure function of its arguments; call it from any thread.
+    """
     return HTTPResponse(body, status, headers, content_type)
 
 
 def redirect(to: str, status: int = 302, headers: HeadersLike = None) -> HTTPResponse:
-    """A redirect to ``to``."""
+    """A redirect to ``to``.
+
+    Thread contract: a pure function of its arguments; call it from any thread.
+    """
     response = HTTPResponse(b"", status, headers, "text/html; charset=utf-8")
     response.headers["Location"] = to
     return response
 
 
 def empty(status: int = 204, headers: HeadersLike = None) -> HTTPResponse:
-    """A response with no body."""
+    """A response with no body.
+
+    Thread contract: a pure function of its arguments; call it from any thread.
+    """
     return HTTPResponse(b"", status, headers)
 
 
@@ -175,8 +196,8 @@ class FileResponse(HTTPResponse):
     """A file's content, streamed from disk by the event loop when sent.
 
     ``body`` is empty: the bytes are read in chunks as the client takes them.
-    :meth:`plan` decides what to send for a request (200, 206, 304 or 416).
-    Made by :func:`file`. Thread contract: as :class:`HTTPResponse`.
+    `plan()` decides what to send for a request (200, 206, 304 or 416).
+    Made by `file()`. Thread contract: as `HTTPResponse`.
     """
 
     __slots__ = ("etag", "last_modified", "mtime_ns", "path", "size")
@@ -229,7 +250,10 @@ class FileResponse(HTTPResponse):
 
 
 class FilePlan(NamedTuple):
-    """What :meth:`FileResponse.plan` decided: send ``length`` bytes from ``offset``."""
+    """What `FileResponse.plan()` decided: send ``length`` bytes from ``offset``.
+
+    Thread contract: an immutable value; read it on any thread.
+    """
 
     status: int
     headers: list[tuple[str, str]]
@@ -237,7 +261,7 @@ class FilePlan(NamedTuple):
     length: int
 
 
-#: What :func:`parse_range` returns for a range that no byte of the file satisfies.
+#: What `parse_range()` returns for a range that no byte of the file satisfies.
 UNSATISFIABLE = "unsatisfiable"
 
 
@@ -245,10 +269,12 @@ def parse_range(value: str, size: int) -> tuple[int, int] | str | None:
     """The byte range ``(first, last)`` (inclusive) a ``Range`` header asks of ``size`` bytes.
 
     Returns:
-        The range; :data:`UNSATISFIABLE` when no byte of it exists (416);
+        The range; `UNSATISFIABLE` when no byte of it exists (416);
         ``None`` when the header is to be ignored (not ``bytes=``, malformed,
         or several ranges, which this server answers with the whole file, as
         RFC 9110 §14.2 allows).
+
+    Thread contract: a pure function; call it from any thread.
     """
     unit, _, spec = value.strip().partition("=")
     if unit.strip().lower() != "bytes" or "," in spec:
@@ -304,7 +330,10 @@ def error_response(
     error_format: str | None = None,
     headers: HeadersLike = None,
 ) -> HTTPResponse:
-    """The body of an HTTP error in the route's ``error_format`` (json, html, text)."""
+    """The body of an HTTP error in the route's ``error_format`` (json, html, text).
+
+    Thread contract: a pure function of its arguments; call it from any thread.
+    """
     try:
         title = HTTPStatus(status).phrase
     except ValueError:

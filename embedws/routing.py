@@ -11,7 +11,7 @@ hold what its pattern never saw: ``%2F`` decodes to ``/``. A value a handler
 might join to a directory must not leave it, hence: only a ``path`` parameter
 ever holds a ``/``, and it never holds a ``..`` segment, a leading ``/`` or a
 NUL; no parameter holds a NUL. A value that breaks these rules does not match
-(404). :func:`check_path` refuses (400) the request paths that no route should
+(404). `check_path()` refuses (400) the request paths that no route should
 see at all: dot segments, raw or percent-encoded, and NUL.
 
 Lookup order: routes without parameters first (a dict), then the others in

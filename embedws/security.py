@@ -21,7 +21,7 @@ Requests without ``Origin`` (nor ``Sec-Fetch-Site``) do not come from a browser
 page and pass the origin check (any local program can connect to a loopback
 port anyway).
 
-Both checks trust only a ``Host`` that :func:`split_host` parses: a lenient
+Both checks trust only a ``Host`` that `split_host()` parses: a lenient
 reading would let ``127.0.0.1:evil.com`` pass for a loopback name. The HTTP
 front refuses any other value with 400 before either check runs.
 """
@@ -164,13 +164,13 @@ def origin_allowed(
     passes; loopback names count as one host (a page of
     ``http://localhost:8000`` talking to ``ws://127.0.0.1:8000``: the same
     server). Other origins pass when ``allowed`` names them, or names
-    :data:`LOOPBACK_ORIGINS` and they are loopback; ``"*"`` lets in any.
+    `LOOPBACK_ORIGINS` and they are loopback; ``"*"`` lets in any.
 
     Args:
         origin: the ``Origin`` header, ``None`` when absent.
         host_header: the ``Host`` header.
         tls: whether the client reached the server over TLS (default port
-            443; see :func:`is_secure`).
+            443; see `is_secure()`).
         allowed: the ``WEBSOCKET_ORIGINS`` value.
     """
     if origin is None or allowed == "*":
@@ -219,7 +219,7 @@ def cross_site_refused(
         origin: the ``Origin`` header, ``None`` when absent.
         fetch_site: the ``Sec-Fetch-Site`` header, ``None`` when absent.
         host_header: the ``Host`` header.
-        tls: as for :func:`origin_allowed`.
+        tls: as for `origin_allowed()`.
         allowed: the ``WEBSOCKET_ORIGINS`` value.
     """
     if method in SAFE_METHODS or allowed == "*":

@@ -8,7 +8,10 @@ __all__ = ["State"]
 
 
 class State(enum.IntEnum):
-    """CONNECTING → OPEN → CLOSING (sent a close frame) → CLOSED (TCP gone)."""
+    """CONNECTING → OPEN → CLOSING (sent a close frame) → CLOSED (TCP gone).
+
+    Thread contract: an enum value; read it on any thread.
+    """
 
     CONNECTING = 0
     OPEN = 1

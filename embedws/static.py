@@ -5,7 +5,7 @@ it gets 404 with no detail: ``..`` segments (the router already refuses them
 with 400, raw or with encoded dots; a ``path`` parameter never holds one),
 backslashes, absolute paths and drive letters, NUL bytes, and symlinks whose
 target is outside the folder (unless ``follow_external_symlinks``). Files are
-sent by :func:`embedws.response.file`: streamed, with ``ETag`` and
+sent by [`embedws.response.file()`][embedws.response.file]: streamed, with ``ETag`` and
 ``Last-Modified``, 304 and ``Range`` answers.
 
 This module reads the file system (``realpath``, ``stat``): its handler runs

@@ -11,14 +11,14 @@ a server out of descriptors logged thousands of errors, and served nobody until
 its idle sockets timed out. That loop cannot be told "room was made, retry
 now", and filtering the exception handler would work only on the loops we
 create, not on an application's under ``aio.serve``. So asyncio still creates
-the listening sockets (``start_serving=False``), and an :class:`Acceptor`
+the listening sockets (``start_serving=False``), and an `Acceptor`
 accepts on them with two methods every event loop has: ``sock_accept`` and
 ``connect_accepted_socket``. It works on a duplicate of each listening socket
 (``dup()`` is the public way to a socket that an ``asyncio.Server`` owns) and
 closes it with the server.
 
 The accept loops of one server (one per listening socket) share an
-:class:`AcceptBackoff`. When ``accept()`` fails for lack of resources:
+`AcceptBackoff`. When ``accept()`` fails for lack of resources:
 
 * the first failure logs one WARNING: what ran out, how many connections are
   open, what to do. Later failures are only counted until none has happened

@@ -1,6 +1,6 @@
 """The async client: ``embedws.aio.connect(uri)``.
 
-A client connection is the same :class:`~embedws.aio.connection.Connection`
+A client connection is the same [`Connection`][embedws.aio.Connection]
 as on the server side, driven by the ``websockets`` Sans-I/O ``ClientProtocol``.
 Opening one: resolve the proxy (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``
 or ``proxy=``), open TCP (through an HTTP CONNECT tunnel written with h11, or
@@ -11,7 +11,7 @@ it is bounded by ``open_timeout``. Errors come out as ``embedws.errors``
 classes; ``async for ws in connect(...)`` reconnects with exponential backoff.
 
 Secrets: a URI's userinfo (Basic credentials) and query (often a token) never
-appear in a log record or an exception message; :func:`_redact` shows such a
+appear in a log record or an exception message; `_redact()` shows such a
 URI as ``ws://***@host:port/path?***``. Credentials (userinfo,
 ``Authorization``, ``Cookie``) follow a redirect only within their origin.
 Loopback destinations ignore the proxy variables of the environment.
@@ -568,6 +568,9 @@ class connect(ConnectSpec):  # noqa: N801 - used like a function, as websockets.
     ``async for ws in connect(uri):`` to reconnect with exponential backoff
     whenever the connection drops (transient connection errors are retried,
     others raised).
+
+    Thread contract: call and await it on one running event loop; the websocket
+    it gives belongs to that loop (other threads use [`embedws.sync.connect`][]).
 
     Args:
         uri: ``ws://`` or ``wss://`` URI.

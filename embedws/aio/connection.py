@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A :class:`Connection` is the ``asyncio.Protocol`` of one socket once the opening
+A `Connection` is the ``asyncio.Protocol`` of one socket once the opening
 handshake is done. It owns the ``websockets`` Sans-I/O protocol object (server
 or client side), which does all framing, masking, compression and close-code
 validation, and it does what that layer leaves to I/O code:
@@ -10,7 +10,7 @@ validation, and it does what that layer leaves to I/O code:
 * ``data_received`` feeds bytes to the protocol, writes what the protocol wants
   written (automatic pongs, close replies), and hands complete data frames to
   the assembler. ``eof_received`` calls ``receive_eof`` and nothing is fed after.
-* A fragmented message is joined by an :class:`~embedws.assembler.Assembler`
+* A fragmented message is joined by an `Assembler`
   (one buffer per message; text decoded as it arrives, so invalid UTF-8 fails
   with 1007 at the first bad byte even across fragments). Complete
   messages go to the consumer: the async API's own queue by default, or the

@@ -12,8 +12,8 @@ through the same queue, so sends and broadcasts from one thread keep their
 order too.
 
 This is the one way from another thread into a loop: every crossing of the
-library (``embedws/sync/bridge/`` has the map) is a :meth:`Crossing.call`.
-A loop that is closed answers :class:`LoopClosed`, the one signal for "the
+library (``embedws/sync/bridge/`` has the map) is a `Crossing.call()`.
+A loop that is closed answers `LoopClosed`, the one signal for "the
 loop is gone, and everything that lived on it".
 """
 
@@ -35,7 +35,7 @@ logger = logging.getLogger("embedws.loop")
 class LoopClosed(Exception):
     """The loop a call was meant for is closed: its connections and servers are gone.
 
-    Internal: raised by :meth:`Crossing.call`, and translated by each caller
+    Internal: raised by `Crossing.call()`, and translated by each caller
     into what it means for the user (``WebsocketClosed`` for a send, nothing
     for a close).
     """
@@ -44,7 +44,7 @@ class LoopClosed(Exception):
 class Crossing:
     """The batched call queue into one event loop.
 
-    Thread contract: :meth:`call` from any thread; the queued calls run on the loop.
+    Thread contract: `call()` from any thread; the queued calls run on the loop.
     """
 
     __slots__ = ("__weakref__", "_calls", "_loop", "_running", "_scheduled")

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Every accepted socket starts with an :class:`HTTPConnection` as its
+Every accepted socket starts with an `HTTPConnection` as its
 ``asyncio.Protocol``. h11 parses requests (keep-alive and pipelining included);
 one request is handled at a time, with reading paused meanwhile so a client
 cannot make us buffer without bound. A head that cannot be served as written
@@ -19,7 +19,7 @@ connection closes. For each other request, in order:
    ``ServerProtocol.accept`` (key validation, extensions, subprotocol), then
    ``on_response`` middleware on the 101.
 
-After a 101 the transport is handed to a :class:`~embedws.aio.connection.Connection`
+After a 101 the transport is handed to a [`Connection`][embedws.aio.Connection]
 with ``transport.set_protocol``, and the bytes h11 read past the request are
 fed to it. Timers: the request head must arrive within
 ``min(WEBSOCKET_TIMEOUT, REQUEST_TIMEOUT)``, the whole request within
@@ -88,7 +88,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
     """One client socket while it speaks HTTP/1.1.
 
     A ``BufferedProtocol`` reading into the server's shared buffer, like
-    :class:`~embedws.aio.connection.Connection` (h11 copies what it is given).
+    [`Connection`][embedws.aio.Connection] (h11 copies what it is given).
 
     Thread contract: runs on the event loop thread only.
     """

@@ -2,12 +2,12 @@
 
 Theory of operation
 -------------------
-:class:`Server` owns the listening sockets, the set of sockets still speaking
-HTTP (:class:`~embedws.aio.http.HTTPConnection`) and the set of open websockets
-(:class:`~embedws.aio.connection.Connection`). It sees the application only
-through :class:`ServedApp` (routes, config, middleware, listeners, runners).
-It accepts through an :class:`~embedws.aio.acceptor.Acceptor`, which, when the
-process runs out of descriptors, has :meth:`Server.close_idle_http` make room.
+`Server` owns the listening sockets, the set of sockets still speaking
+HTTP (`HTTPConnection`) and the set of open websockets
+([`Connection`][embedws.aio.Connection]). It sees the application only
+through `ServedApp` (routes, config, middleware, listeners, runners).
+It accepts through an `Acceptor`, which, when the
+process runs out of descriptors, has `Server.close_idle_http()` make room.
 
 Shutdown order (``close()``): ``before_server_stop`` listeners; stop accepting;
 close idle HTTP connections; send close 1001 to every websocket; wait until the
@@ -465,7 +465,7 @@ class Server:
             self._shutdown_task = self.loop.create_task(self._shutdown())
 
     def close_threadsafe(self) -> None:
-        """:meth:`close` from any thread."""
+        """`close()` from any thread."""
         try:
             crossing_for(self.loop).call(self.close)
         except LoopClosed:  # so is the server
@@ -549,6 +549,10 @@ class serve:  # noqa: N801 - used like a function, as websockets.serve is
 
     Also awaitable: ``server = await serve(app, ...)``; then ``server.close()``
     and ``await server.wait_closed()``.
+
+    Thread contract: call it on the running event loop that is to serve; the
+    server it gives belongs to that loop (other threads use ``app.broadcast``
+    and rooms, or ``app.start()`` for a server on a loop thread of its own).
 
     Args:
         app: the application.

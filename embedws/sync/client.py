@@ -6,7 +6,7 @@
 
 The connection runs on the shared loop thread (started on first use, stopped
 when the last client and server are gone); the websocket it gives is the same
-thread-safe :class:`~embedws.sync.Websocket` that sync handlers get.
+thread-safe [`Websocket`][embedws.sync.Websocket] that sync handlers get.
 
 A plain TCP client's ``send`` writes from the calling thread when that keeps
 the order (``embedws/sync/bridge/sends.py``): a client usually sends and then waits
@@ -31,10 +31,10 @@ __all__ = ["ClientWebsocket", "Reconnect", "connect", "reconnect"]
 
 
 class ClientWebsocket(Websocket):
-    """A sync client websocket: :class:`~embedws.sync.Websocket` plus ``response``.
+    """A sync client websocket: [`Websocket`][embedws.sync.Websocket] plus ``response``.
 
-    Thread contract: as :class:`~embedws.sync.Websocket`. Use it as a context
-    manager, or call :meth:`close`: the loop thread stops when the last client
+    Thread contract: as [`Websocket`][embedws.sync.Websocket]. Use it as a context
+    manager, or call `close()`: the loop thread stops when the last client
     and server are gone. One still open when the interpreter exits is closed
     with 1001 (going away).
     """
@@ -84,9 +84,9 @@ def connect(uri: str, **options: Any) -> ClientWebsocket:
 
     ``ws = connect(uri)`` or ``with connect(uri) as ws:`` (closed at the end).
     Close a websocket opened without ``with`` yourself; one still open at
-    interpreter exit is closed with 1001. :func:`reconnect` reconnects.
+    interpreter exit is closed with 1001. `reconnect()` reconnects.
 
-    Takes the options of :func:`embedws.aio.connect`: ``subprotocols``,
+    Takes the options of [`embedws.aio.connect()`][embedws.aio.connect]: ``subprotocols``,
     ``headers``, ``origin``, ``open_timeout``, ``ssl``, ``compression``,
     ``max_size``, ``ping_interval``, ``ping_timeout``, ``proxy``.
 
@@ -127,7 +127,7 @@ async def _open_on_loop(spec: ConnectSpec, loop_thread: LoopThread) -> ClientWeb
 
 
 class Reconnect(ConnectSpec):
-    """What :func:`reconnect` returns: iterate it for one connection after another.
+    """What `reconnect()` returns: iterate it for one connection after another.
 
     Thread contract: iterate it on one thread (the websockets it yields are
     thread-safe as usual).
@@ -154,7 +154,10 @@ def reconnect(uri: str, **options: Any) -> Reconnect:
     are retried with exponential backoff when they are transient (refused,
     reset, timed out, HTTP 5xx); others (a bad URI, TLS, a 4xx) are raised.
 
-    Takes the options of :func:`connect`, and ``reconnect_delays``: a callable
+    Takes the options of `connect()`, and ``reconnect_delays``: a callable
     returning the delays between attempts (default: exponential backoff).
+
+    Thread contract: iterate it on one thread at a time, not on an event loop
+    thread (it blocks); each websocket it gives is thread-safe.
     """
     return Reconnect(uri, **options)

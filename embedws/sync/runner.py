@@ -231,7 +231,7 @@ class _Running:
 
 
 class ThreadRunner:
-    """Runs ``def`` handlers on a :class:`HandlerPool` (thread mode)."""
+    """Runs ``def`` handlers on a `HandlerPool` (thread mode)."""
 
     # Handler threads write their sends to the socket themselves when they can.
     connection_class: type[AioWebsocket] = DirectWriteConnection
@@ -286,7 +286,7 @@ class ThreadHookRunner:
 
     Not the handler pool: a shutdown's listeners must run when every handler
     thread is busy, and after the handlers' pool has closed. Its threads count
-    as handler threads for :func:`in_handler_thread` (a listener that calls
+    as handler threads for `in_handler_thread()` (a listener that calls
     ``server.stop()`` starts the shutdown and returns, as a handler does).
     """
 

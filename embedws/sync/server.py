@@ -1,7 +1,7 @@
 """Start, stop and run servers from code that is not async.
 
 ``app.start()`` runs the async server on the shared loop thread and returns a
-:class:`Server` handle once the socket listens; ``app.serve()`` is the same as a
+`Server` handle once the socket listens; ``app.serve()`` is the same as a
 context manager; ``app.run()`` blocks until Ctrl-C / SIGTERM or ``stop()``.
 """
 
@@ -61,7 +61,7 @@ class Server:
             threading.Thread(target=self._finish, name="embedws-stop", daemon=True).start()
 
     def _claim_finish(self) -> bool:
-        """True for the one caller that will run :meth:`_finish`."""
+        """True for the one caller that will run `_finish()`."""
         with self._finish_lock:
             if self._finishing:
                 return False
@@ -139,7 +139,7 @@ class Server:
         self._closed.wait()
 
     def connect(self, path: str = "/", **options: Any) -> ClientWebsocket:
-        """An open sync client of ``path`` on this server (see :func:`embedws.sync.connect`).
+        """An open sync client of ``path`` on this server (see [`connect()`][embedws.sync.connect]).
 
         ``ws = server.connect("/ws")`` or ``with server.connect("/ws") as ws:``.
         """

@@ -40,7 +40,7 @@ class Websocket:
     Thread contract: safe to use from any thread. Any thread may ``send``,
     ``ping``, ``pong`` and ``close`` at any time, also while another blocks in
     ``recv``; whole messages never interleave. One ``recv`` at a time: a second
-    concurrent one raises :class:`~embedws.errors.ConcurrencyError`.
+    concurrent one raises [`ConcurrencyError`][embedws.ConcurrencyError].
     """
 
     __slots__ = ("_conn", "_direct", "_gate", "_inbox", "_loop_ident", "_recv_lock")
@@ -59,7 +59,7 @@ class Websocket:
     # Sending -------------------------------------------------------------------
 
     def send(self, data: Any, encoding: str = "text") -> None:
-        """Send one message (see :meth:`embedws.aio.Websocket.send` for the types).
+        """Send one message (types as in [`aio.Websocket.send`][embedws.aio.Websocket.send]).
 
         Returns once the message is written to the socket or handed to the
         event loop; blocks while the peer is slow to read, at most

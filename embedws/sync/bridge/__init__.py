@@ -6,24 +6,24 @@ one of the ways below, and through nothing else.
 
 Into the loop: one way
 ----------------------
-:meth:`Crossing.call <embedws.aio.crossing.Crossing.call>` (``embedws/aio/
+`Crossing.call <embedws.aio.crossing.Crossing.call>()` (``embedws/aio/
 crossing.py``), the loop's batched call queue: calls from one thread run in
 the order they were made, and one self-pipe wake-up serves every call queued
 meanwhile. Sends, broadcasts, pings, closes, resuming reads, stopping a server
 (``aio.Server.close_threadsafe``), stopping the loop, a handler thread's
-result (``sync/runner.py``) and :func:`~.loop_thread.run_on_loop` (a
+result (``sync/runner.py``) and `run_on_loop()` (a
 coroutine whose result a thread waits for) all cross there. A closed loop
-answers :class:`~embedws.aio.crossing.LoopClosed`, which each caller turns into
+answers `LoopClosed`, which each caller turns into
 what it means for the user.
 
 Out of the loop
 ---------------
 * Messages: the connection hands each complete message to the websocket's
-  :class:`~.inbox.Inbox` (its ``Consumer``), a thread-safe queue a ``recv``
+  `Inbox` (its ``Consumer``), a thread-safe queue a ``recv``
   blocks on; a greenlet handler parks there instead (``greenlets.py``).
 * "Writable again" and "closed": the inbox relays them to the websocket's
-  :class:`~.sends.SendGate`, where senders wait, and to parked greenlets.
-* Pongs: a :class:`~.pings.PingWaiter` (an Event).
+  `SendGate`, where senders wait, and to parked greenlets.
+* Pongs: a `PingWaiter` (an Event).
 * Everything the loop logs: a logging thread (``logs.py``).
 
 Sending: three paths (``sends.py`` has the conditions)

@@ -9,7 +9,7 @@ from inside a protocol callback) when the event may have happened; each park
 loop re-checks its condition, so a stale wake-up is harmless.
 
 A greenlet handler must not block on anything else (``time.sleep``, blocking
-I/O): that freezes every connection. :func:`sleep` is the sleep that switches;
+I/O): that freezes every connection. `sleep()` is the sleep that switches;
 ``LOOP_BLOCK_WARNING`` logs the handler that ran too long without switching.
 """
 
@@ -155,7 +155,11 @@ def park_until_closed(conn: Connection, inbox: Inbox, timeout: float | None) -> 
 
 
 def sleep(seconds: float) -> None:
-    """Sleep; in a greenlet handler, switch to the loop meanwhile instead of blocking it."""
+    """Sleep; in a greenlet handler, switch to the loop meanwhile instead of blocking it.
+
+    Thread contract: any thread, and greenlet handlers on the loop thread; elsewhere on
+    an event loop thread it would block the loop like ``time.sleep``.
+    """
     current = greenlet.getcurrent()
     if current.parent is None:
         time.sleep(seconds)

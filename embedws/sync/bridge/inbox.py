@@ -1,7 +1,7 @@
 """The receive path: complete messages from the loop to the threads that ``recv``.
 
 The loop's connection hands each complete message to the websocket's
-:class:`Inbox` (it is the connection's ``Consumer``); ``Inbox.put`` puts it in
+`Inbox` (it is the connection's ``Consumer``); ``Inbox.put`` puts it in
 a ``queue.SimpleQueue`` (C, thread-safe), where a blocked ``recv`` waits
 without a round trip, and a close puts a sentinel that wakes the reader. A
 greenlet handler parks on the inbox instead and is switched into by the loop.
@@ -10,14 +10,14 @@ reader that drains the queue to a quarter asks the loop to resume.
 
 The inbox also relays the two events a sender waits for, "the peer reads
 again" (``set_writable``) and "closed", to the websocket's
-:class:`~embedws.sync.bridge.sends.SendGate` and to greenlets waiting for them.
+`SendGate` and to greenlets waiting for them.
 
 Wake batching (a fast path, ``EMBEDWS_WAKE_BATCH``; our own loop threads
 only): each ``SimpleQueue.put`` wakes the thread blocked on it, which then
 fights the loop for the GIL while the loop still reads other sockets. Messages
-for handler threads are held in the loop's :class:`WakeBatch` and handed over
+for handler threads are held in the loop's `WakeBatch` and handed over
 together just before the loop waits for I/O again (its selector,
-:class:`FlushingSelector`, flushes the batch), so a message is never delayed
+`FlushingSelector`, flushes the batch), so a message is never delayed
 past the pass that read it. Measured: see ``embedws/sync/bridge/__init__.py``.
 """
 
@@ -68,7 +68,7 @@ class WakeBatch:
     the loop for the GIL while the loop is still reading other sockets: on a
     busy server, a context switch or two per message. Messages for handler
     threads are held instead, and handed over together just before the loop
-    waits for I/O again (the loop thread's selector calls :meth:`flush`), so a
+    waits for I/O again (the loop thread's selector calls `flush()`), so a
     message is never delayed past the pass that read it.
 
     Thread contract: the loop thread only.

@@ -2,16 +2,16 @@
 
 It is shared by every server and client of the process: started by the first
 ``app.start()`` or ``sync.connect()``, stopped when the last one is released
-(:meth:`LoopThread.release`: servers close first, their handlers wake with
+(`LoopThread.release()`: servers close first, their handlers wake with
 ``WebsocketClosed``; then the loop stops, leftover tasks are cancelled, the
 loop closes and the thread is joined). At interpreter exit
-(:func:`close_at_exit`), sync clients and servers the program left open are
+(`close_at_exit()`), sync clients and servers the program left open are
 closed with 1001 first: the loop thread is a daemon, and would otherwise die
 with their connections.
 
 A blocking call made on the loop thread itself (outside a greenlet handler)
-would deadlock; :func:`check_can_block` raises ``RuntimeError`` instead.
-:func:`run_on_loop` runs a coroutine on the loop and waits for its result:
+would deadlock; `check_can_block()` raises ``RuntimeError`` instead.
+`run_on_loop()` runs a coroutine on the loop and waits for its result:
 the crossing for rare calls that need an answer (start a server, open a
 client), always with its own timeout or one the coroutine has.
 """
@@ -100,7 +100,7 @@ class LoopThread:
 
     @classmethod
     def acquire(cls) -> LoopThread:
-        """The running loop thread, started if needed; pair with :meth:`release`."""
+        """The running loop thread, started if needed; pair with `release()`."""
         with cls._lock:
             current = cls._current
             if current is None:
@@ -155,7 +155,7 @@ class LoopThread:
         return threading.get_ident() == self.ident
 
     def check_can_block(self, what: str) -> None:
-        """Raise if blocking here would freeze the loop (see :func:`check_can_block`)."""
+        """Raise if blocking here would freeze the loop (see `check_can_block()`)."""
         check_can_block(self.ident, what)
 
     def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:

@@ -2,13 +2,13 @@
 
 A sync ``send`` takes one of three paths, chosen here and nowhere else:
 
-1. **On the loop** (:func:`send_on_loop`): the caller runs on the loop thread
+1. **On the loop** (`send_on_loop()`): the caller runs on the loop thread
    (a greenlet handler, or a callback): it writes at once; a greenlet then
    parks while the peer is slow.
-2. **Direct** (:meth:`DirectWriteConnection.try_send`; a fast path,
+2. **Direct** (`DirectWriteConnection.try_send()`; a fast path,
    ``EMBEDWS_DIRECT_WRITES``): the calling thread writes the frame to the
    socket itself. Only when all of these hold, checked under the connection's
-   ``write_lock``: the connection is a :class:`DirectWriteConnection` of one of
+   ``write_lock``: the connection is a `DirectWriteConnection` of one of
    our own selector loops, without TLS (``enable_direct_writes``); the loop is
    waiting for I/O (the write then takes nothing from it); nothing is queued
    for the loop or running there (``Crossing.idle``: nothing this thread asked
@@ -18,10 +18,10 @@ A sync ``send`` takes one of three paths, chosen here and nowhere else:
    together with others (``Inbox.crowded``: threads woken by one pass of the
    loop reply together, and the loop writes all their replies in one pass,
    where each writing its own would wake the loop once per reply).
-3. **Through the gate** (:func:`send_from_thread`, the portable path): the
-   whole message is handed to the loop in one :meth:`Crossing.call
-   <embedws.aio.crossing.Crossing.call>` (:func:`write_from_thread`). The
-   :class:`SendGate` bounds the bytes handed over but not yet written, and
+3. **Through the gate** (`send_from_thread()`, the portable path): the
+   whole message is handed to the loop in one `Crossing.call
+   <embedws.aio.crossing.Crossing.call>()` (`write_from_thread()`). The
+   `SendGate` bounds the bytes handed over but not yet written, and
    blocks the sender while the transport's buffer is above its limit, at most
    ``WEBSOCKET_WRITE_TIMEOUT`` (then the connection fails with 1011).
 
@@ -201,7 +201,7 @@ class DirectWriteConnection(AioWebsocket):
     """A connection that calling threads may write to directly.
 
     Used by sync clients and by thread-mode handlers. Thread contract: the
-    loop-side methods run on the loop, as for any connection; :meth:`try_send`
+    loop-side methods run on the loop, as for any connection; `try_send()`
     from any thread.
     """
 
