@@ -151,10 +151,12 @@ def test_a_blocking_start_listener_delays_only_its_own_start() -> None:
     preparing = threading.Event()
     prepared = threading.Event()
 
+    preparation = 500 * MS
+
     @second.before_server_start
     def prepare(a: Any) -> None:
         preparing.set()
-        time.sleep(500 * MS)
+        time.sleep(preparation)
         prepared.set()
 
     with serving(first) as server, client(server.url + "/echo") as probe:
@@ -170,7 +172,9 @@ def test_a_blocking_start_listener_delays_only_its_own_start() -> None:
             times.append(time.perf_counter() - started)
         starter.join(seconds(10))
         holder["s"].stop()
-    assert max(times) < ROUND_TRIP_BOUND
+    # Half the preparation: a listener run on the loop would hold a round trip
+    # for all of it (687 ms seen against 400 under the CPU hog at factor 4).
+    assert max(times) < preparation / 2
 
 
 def test_def_and_async_hooks_keep_their_order_and_share_ctx() -> None:
