@@ -36,6 +36,7 @@ REFERENCES = {
     "embedws-async": "websockets-asyncio",
     "embedws-greenlet": "websockets-asyncio",
     "embedws-thread": "websockets-sync",
+    "embedws-trio": "websockets-trio",
 }
 START_TIMEOUT = 180.0  # a Python server under valgrind takes tens of seconds to import
 IO_TIMEOUT = 60.0

@@ -34,7 +34,7 @@ KINDS = (
     "websockets-sync",
 )
 # Other libraries, for the benchmarks that name them (not in the echo benchmarks' defaults).
-OTHER_KINDS = ("aiohttp",)
+OTHER_KINDS = ("aiohttp", "embedws-trio", "websockets-trio")
 ALL_KINDS = KINDS + OTHER_KINDS
 
 # Room for --idle 10000 (and the sync kinds' one thread per connection).
@@ -122,6 +122,22 @@ def serve_embedws(mode: str, required_dir: str | None) -> None:
             "SYNC_HANDLER_THREADS": _MAX_CONNECTIONS,
         },
     )
+    if mode == "trio":  # the async handler, with aio.serve inside trio.run
+        import trio
+
+        async def trio_echo(request: embedws.Request, ws: Any) -> None:
+            async for message in ws:
+                await ws.send(message)
+
+        app.add_websocket_route(trio_echo, "/")
+
+        async def main() -> None:
+            async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
+                _announce(server.sockets[0].getsockname()[1], f"embedws={origin}")
+                await trio.sleep_forever()
+
+        trio.run(main)
+        return
     if mode == "async":
 
         async def echo(request: embedws.Request, ws: Any) -> None:
@@ -175,6 +191,30 @@ def serve_websockets_sync() -> None:
     with serve(echo, "127.0.0.1", 0, ping_interval=None, compression=None) as server:
         _announce(server.socket.getsockname()[1])
         server.serve_forever()
+
+
+def serve_websockets_trio() -> None:
+    import functools
+
+    import trio
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.trio.server import ServerConnection, serve
+
+    async def echo(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosedError):
+            async for message in ws:
+                await ws.send(message)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(
+                functools.partial(
+                    serve, echo, 0, host="127.0.0.1", ping_interval=None, compression=None
+                )
+            )
+            _announce(server.listeners[0].socket.getsockname()[1])
+
+    trio.run(main)
 
 
 def serve_aiohttp() -> None:
@@ -254,6 +294,8 @@ def main() -> None:
         serve_websockets_asyncio()
     elif args.kind == "aiohttp":
         serve_aiohttp()
+    elif args.kind == "websockets-trio":
+        serve_websockets_trio()
     else:
         serve_websockets_sync()
 

@@ -9,7 +9,8 @@ A case passes when its behaviour is OK, NON-STRICT or INFORMATIONAL and its clos
 OK or INFORMATIONAL. The exit status is 0 when every case of every embedws mode passed, 1 when
 one did not (or a run broke), 2 when the harness could not run at all.
 
-``--mode`` takes ``async``, ``thread``, ``greenlet``, ``all`` (the three in turn) or
+``--mode`` takes ``async``, ``thread``, ``greenlet``, ``trio`` (the async app inside
+``trio.run``), ``all`` (the four in turn) or
 ``websockets`` (the ``websockets`` library's own asyncio server, a reference whose failures are
 listed but never change the exit status), or several of them separated by commas.
 
@@ -57,7 +58,7 @@ CASE_SETS: dict[str, tuple[str, ...]] = {
     "quick": ("1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"),
     "full": ("*",),
 }
-EMBEDWS_MODES = ("async", "thread", "greenlet")
+EMBEDWS_MODES = ("async", "thread", "greenlet", "trio")
 REFERENCE_MODE = "websockets"
 MODE_CHOICES = (*EMBEDWS_MODES, REFERENCE_MODE, "all")
 

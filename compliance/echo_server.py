@@ -1,8 +1,9 @@
 """An echo server for the Autobahn|Testsuite fuzzing client.
 
 Usage: ``python compliance/echo_server.py MODE`` where MODE is ``async``, ``thread`` or
-``greenlet`` (an embedws app whose one route at ``/`` echoes every message) or ``websockets``
-(the ``websockets`` library's own asyncio server, as a reference).
+``greenlet`` (an embedws app whose one route at ``/`` echoes every message), ``trio`` (the
+``async`` app served by ``embedws.aio.serve`` inside ``trio.run``) or ``websockets`` (the
+``websockets`` library's own asyncio server, as a reference).
 
 It listens on 127.0.0.1 on a port the OS picks, writes that port as the first line of its
 standard output, and serves until SIGTERM or Ctrl-C, then stops gracefully. Logs go to
@@ -19,12 +20,13 @@ import sys
 from types import FrameType
 from typing import Any
 
+import trio
 from websockets.asyncio.server import ServerConnection, serve
 
 import embedws
 from embedws import aio, sync
 
-MODES = ("async", "thread", "greenlet", "websockets")
+MODES = ("async", "thread", "greenlet", "trio", "websockets")
 HOST = "127.0.0.1"
 MAX_SIZE = 2**25
 CONFIG: dict[str, Any] = {
@@ -38,7 +40,7 @@ STOP_TIMEOUT = 30.0  # seconds for the graceful shutdown
 def build_app(mode: str) -> embedws.App:
     """An app with one echo route at ``/``: a coroutine, or a plain function run in ``mode``."""
     app = embedws.App("autobahn", config=CONFIG)
-    if mode == "async":
+    if mode in ("async", "trio"):
 
         async def echo_async(request: embedws.Request, ws: aio.Websocket) -> None:
             async for message in ws:
@@ -73,6 +75,17 @@ def serve_embedws(mode: str) -> None:
         server.stop(timeout=STOP_TIMEOUT)
 
 
+async def _serve_trio() -> None:
+    """The async app inside trio, until SIGTERM / SIGINT (leaving the block stops it)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with aio.serve(
+            build_app("trio"), HOST, 0, GRACEFUL_SHUTDOWN_TIMEOUT=STOP_TIMEOUT
+        ) as server:
+            print(server.port, flush=True)
+            async for _ in signals:
+                break
+
+
 async def _serve_websockets() -> None:
     async def echo(ws: ServerConnection) -> None:
         async for message in ws:
@@ -103,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.mode == "websockets":
         asyncio.run(_serve_websockets())
+    elif args.mode == "trio":
+        trio.run(_serve_trio)
     else:
         serve_embedws(args.mode)
     return 0

@@ -8,24 +8,30 @@ on your own loop with [`embedws.aio.serve()`][embedws.aio.serve].
 from __future__ import annotations
 
 from . import aio, errors, response, sync
+from .aio.broker import AsyncEmitter, RedisBroker
 from .aio.registry import Connections, Room
 from .app import App, Blueprint
 from .config import Config
-from .errors import ConcurrencyError, EmbedwsError, WebsocketClosed
+from .errors import BrokerError, ConcurrencyError, EmbedwsError, WebsocketClosed
 from .request import Headers, Request
 from .response import HTTPResponse
 from .routing import Route
 from .state import State
+from .sync.broker import Emitter
 
 __all__ = [
     "App",
+    "AsyncEmitter",
     "Blueprint",
+    "BrokerError",
     "ConcurrencyError",
     "Config",
     "Connections",
     "EmbedwsError",
+    "Emitter",
     "HTTPResponse",
     "Headers",
+    "RedisBroker",
     "Request",
     "Room",
     "Route",

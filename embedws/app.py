@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
+from .aio.broker import RedisBroker
 from .aio.connection import Connection
 from .aio.registry import Connections, Registry, Room
 from .aio.runner import AsyncRunner, HandlerRunner, HookRunner
@@ -276,6 +277,7 @@ class App(_RouteTable):
         config: Mapping[str, Any] | None = None,
         strict_slashes: bool = False,
         error_format: str | None = None,
+        broker: RedisBroker | None = None,
     ) -> None:
         self.name = name
         self.config = Config(config)
@@ -290,6 +292,9 @@ class App(_RouteTable):
         self._registry = Registry()
         self.connections = Connections(self._registry)
         """Live view of the open websockets (``len``, iteration, ``get(id)``, ``by_route``)."""
+        self._broker = broker
+        if broker is not None:
+            broker.bind(self._registry)
         # Every running server of this app (started by start/run or aio.serve),
         # with its sync handle when it has one.
         self._running: dict[AsyncServer, Server | None] = {}
@@ -420,6 +425,11 @@ class App(_RouteTable):
 
     # Broadcast and rooms ---------------------------------------------------------
 
+    @property
+    def broker(self) -> RedisBroker | None:
+        """The scale-out broker (``App(broker=RedisBroker(...))``), or ``None``."""
+        return self._broker
+
     def room(self, name: str) -> Room:
         """The room called ``name`` (it exists while it has members)."""
         return Room(self._registry, name)
@@ -436,19 +446,27 @@ class App(_RouteTable):
         route: str | None = None,
         exclude: Any = None,
         encoding: str = "text",
+        local: bool = False,
     ) -> int:
         """Send ``data`` to every open websocket (or those of the route named ``route``).
 
         Safe from any thread and never blocks: the message is encoded once and
         written by the event loop. ``exclude`` takes one websocket or several.
+        With a broker, the other processes of the app get it too (``local=True``:
+        this process only); see `embedws.RedisBroker` for failures.
 
         Returns:
-            How many websockets it was handed to.
+            How many websockets in this process it was handed to.
+
+        Raises:
+            BrokerError: the broker refuses the message; nothing was sent.
         """
         recipients = self._registry.snapshot()
         if route is not None:
             recipients = [c for c in recipients if c.route is not None and c.route.name == route]
-        return self._registry.broadcast(recipients, data, encoding=encoding, exclude=exclude)
+        return self._registry.broadcast(
+            recipients, data, encoding=encoding, exclude=exclude, local=local, route=route
+        )
 
     # Serving --------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ EmbedwsError
 ├── ConcurrencyError                (also RuntimeError) two readers at once
 ├── ConfigError                     (also ValueError) unknown key, wrong type
 ├── RouteError                      (also ValueError) bad or duplicate route
+├── BrokerError                     scale-out: a publish to Redis failed, or was refused
 ├── ConnectError                    (also OSError) a client could not connect
 │   ├── InvalidURI                  (also ValueError) not a ws:// or wss:// URI
 │   ├── NameResolutionError         the host name does not resolve
@@ -46,6 +47,7 @@ from collections.abc import Mapping
 
 __all__ = [
     "BadRequest",
+    "BrokerError",
     "ConcurrencyError",
     "ConfigError",
     "ConnectError",
@@ -175,6 +177,16 @@ class ConfigError(EmbedwsError, ValueError):
 
 class RouteError(EmbedwsError, ValueError):
     """A route is malformed, duplicated, or ``url_for`` cannot build it."""
+
+
+class BrokerError(EmbedwsError):
+    """A broadcast could not be published to the other processes (Redis), or was refused.
+
+    Raised by ``broadcast`` when a message is larger than the broker's
+    ``max_message_size``, by an `embedws.Emitter` whose publish failed
+    twice, and, with ``RedisBroker(on_error="raise")``, by the next broadcast
+    after a publish failed (see `embedws.RedisBroker`).
+    """
 
 
 class ConnectError(EmbedwsError, OSError):

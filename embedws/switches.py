@@ -13,6 +13,9 @@ path users on other platforms run).
   per loop pass (``embedws/sync/bridge/inbox.py``).
 * ``EMBEDWS_FAST_FRAMES``: whole text and binary frames are read without the
   Sans-I/O parser (``embedws/aio/connection.py``, ``_read_whole_frames``).
+* ``EMBEDWS_FAST_UPGRADES``: the first request of a connection, when it is a
+  whole plain upgrade, is parsed without h11 (``embedws/handshake.py``,
+  ``parse_upgrade``; ``embedws/aio/http.py``).
 * ``EMBEDWS_SCHED_BATCH``: handler threads use Linux's ``SCHED_BATCH``
   policy (``embedws/sync/runner.py``; the config key ``SYNC_HANDLER_SCHED_BATCH``
   turns it off for one app).
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DIRECT_WRITES", "FAST_FRAMES", "SCHED_BATCH", "WAKE_BATCH"]
+__all__ = ["DIRECT_WRITES", "FAST_FRAMES", "FAST_UPGRADES", "SCHED_BATCH", "WAKE_BATCH"]
 
 
 def _on(name: str) -> bool:
@@ -34,3 +37,4 @@ DIRECT_WRITES = _on("EMBEDWS_DIRECT_WRITES")
 WAKE_BATCH = _on("EMBEDWS_WAKE_BATCH")
 SCHED_BATCH = _on("EMBEDWS_SCHED_BATCH")
 FAST_FRAMES = _on("EMBEDWS_FAST_FRAMES")
+FAST_UPGRADES = _on("EMBEDWS_FAST_UPGRADES")

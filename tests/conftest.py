@@ -355,6 +355,84 @@ def raw_frame(
     return head + (b"\x00\x00\x00\x00" if mask else b"") + payload
 
 
+class RedisServer:
+    """Debian's ``redis-server`` on a free loopback port, no persistence; killable."""
+
+    def __init__(self, workdir: str) -> None:
+        with socket.socket() as probe:  # a free port; redis binds it right after
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.workdir,
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Waiting for another program to be ready: poll, with a deadline.
+        deadline = time.monotonic() + 10_000 * MS
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=seconds(1))
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    if self.process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"redis-server did not start on {self.port}") from None
+                    time.sleep(seconds(0.01))
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: clients see their connections reset."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(seconds(10))
+            self.process = None
+
+    def client(self) -> Any:
+        """A redis-py sync client to this server (close it)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=seconds(5))
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
+    """A fresh ``redis-server`` for the test (skipped, with the reason, if none is installed)."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (scripts/install-system-deps installs it)")
+    pytest.importorskip("redis", reason="redis-py is not installed (the embedws[redis] extra)")
+    server = RedisServer(str(tmp_path))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Scale pytest-timeout's per-test limit (ini, ``--timeout`` or a marker) like `MS`."""
     if seconds(1) == 1:

@@ -10,6 +10,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "embedws"
 PURE = [
     "assembler",
+    "broker",
     "config",
     "errors",
     "handshake",

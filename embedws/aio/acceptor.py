@@ -43,10 +43,12 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
+from .runtime import sleep
+
 if sys.platform != "win32":
     import resource
 
-__all__ = ["AcceptBackoff", "Acceptor", "RoomMaker"]
+__all__ = ["CONNECTION_ERRORS", "OUT_OF_RESOURCES", "AcceptBackoff", "Acceptor", "RoomMaker"]
 
 logger = logging.getLogger("embedws.server")
 
@@ -74,7 +76,7 @@ OUT_OF_RESOURCES = _PROCESS_DESCRIPTORS | _SYSTEM_DESCRIPTORS | _errnos("ENOBUFS
 
 # accept(2) on Linux: errors of the connection being accepted, not of the
 # listening socket, to be treated as "try again".
-_CONNECTION_ERRORS = _errnos(
+CONNECTION_ERRORS = _errnos(
     "ECONNABORTED",
     "EPROTO",
     "ENETDOWN",
@@ -149,12 +151,12 @@ class AcceptBackoff:
         if closed:
             # The loop closes their sockets in callbacks that run before this
             # task resumes.
-            await asyncio.sleep(0)
+            await sleep(self._loop, 0)
         else:
             await self._wait()
 
     async def _wait(self) -> None:
-        await asyncio.sleep(self._delay)
+        await sleep(self._loop, self._delay)
         self._delay = min(self._delay * 2, MAX_DELAY)
 
     def _maybe_over(self) -> None:
@@ -292,7 +294,7 @@ class Acceptor:
             except OSError as exc:
                 if exc.errno in OUT_OF_RESOURCES:
                     await backoff.make_room(exc, sock)
-                elif exc.errno not in _CONNECTION_ERRORS:
+                elif exc.errno not in CONNECTION_ERRORS:
                     # Unknown, and maybe lasting: slow down rather than spin.
                     logger.error("accept() on %s failed", _address_of(sock), exc_info=True)
                     await asyncio.sleep(MAX_DELAY)

@@ -27,7 +27,7 @@ import socket
 import ssl as ssl_module
 import sys
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import h11
@@ -60,6 +60,7 @@ from ..response import HTTPResponse
 from ..security import is_loopback_name
 from ..tls import client_context
 from .connection import Connection, ProtocolLogger, Settings, Websocket
+from .runtime import is_asyncio, running_loop, shield, sleep, timeout_at
 
 __all__ = ["ClientOptions", "ConnectSpec", "connect", "open_connection"]
 
@@ -192,11 +193,13 @@ async def open_connection(
         ConnectError: one of its subclasses says what failed.
     """
     headers = options.headers
+    loop = await running_loop()
+    timeout = options.open_timeout
     try:
-        async with asyncio.timeout(options.open_timeout):
+        async with timeout_at(loop, None if timeout is None else loop.time() + timeout):
             for _ in range(MAX_REDIRECTS + 1):
                 ws_uri = _parse(uri)
-                conn, location = await _attempt(ws_uri, options, headers, connection_class)
+                conn, location = await _attempt(ws_uri, options, headers, connection_class, loop)
                 if conn is not None:
                     return conn
                 assert location is not None
@@ -259,9 +262,9 @@ async def _attempt(
     options: ClientOptions,
     headers: list[tuple[str, str]],
     connection_class: type[Websocket],
+    loop: asyncio.AbstractEventLoop,
 ) -> tuple[Websocket | None, str | None]:
     """One connection attempt: the open websocket, or a redirect's Location."""
-    loop = asyncio.get_running_loop()
     protocol = ClientProtocol(
         ws_uri,
         origin=options.origin,
@@ -274,7 +277,7 @@ async def _attempt(
     conn = connection_class(protocol, options.settings, loop, conn_id=next(_client_ids))
     handshake = conn.expect_handshake()
     try:
-        await _open_transport(conn, ws_uri, options)
+        await _open_transport(conn, ws_uri, options, loop)
         request = protocol.connect()
         if options.user_agent is not None:
             request.headers["User-Agent"] = options.user_agent
@@ -289,7 +292,7 @@ async def _attempt(
         else:
             conn.flush()
         try:
-            response: WSResponse = await asyncio.shield(handshake)
+            response: WSResponse = await shield(loop, handshake)
         except OSError as exc:  # the connection ended before a response came
             failure = protocol.handshake_exc
             raise _unanswered(ws_uri, failure) from failure or exc
@@ -343,8 +346,12 @@ def _uri_of(ws_uri: WebSocketURI) -> str:
     return f"{'wss' if ws_uri.secure else 'ws'}://{host}{ws_uri.resource_name}"
 
 
-async def _open_transport(conn: Connection, ws_uri: WebSocketURI, options: ClientOptions) -> None:
-    loop = asyncio.get_running_loop()
+async def _open_transport(
+    conn: Connection,
+    ws_uri: WebSocketURI,
+    options: ClientOptions,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
     context = (
         options.ssl if options.ssl is not None else client_context() if ws_uri.secure else None
     )
@@ -352,6 +359,16 @@ async def _open_transport(conn: Connection, ws_uri: WebSocketURI, options: Clien
         context = None  # ssl= applies to wss:// only
     proxy_url = _proxy_for(ws_uri, options.proxy)
     try:
+        if not is_asyncio(loop):  # inside trio: anyio's streams
+            if proxy_url is not None:
+                raise ProxyError(
+                    f"proxies ({_redact(proxy_url)}) are supported on asyncio only; "
+                    "inside trio, pass proxy=None to connect directly"
+                )
+            from .trio_transport import connect_stream  # noqa: PLC0415 - trio is optional
+
+            await connect_stream(cast(Any, loop), conn, ws_uri.host, ws_uri.port, context)
+            return
         if proxy_url is None:
             await loop.create_connection(
                 lambda: conn,
@@ -608,7 +625,7 @@ class connect(ConnectSpec):  # noqa: N801 - used like a function, as websockets.
             try:
                 ws = await open_connection(self.uri, self.options)
             except Exception as exc:
-                await asyncio.sleep(self.retry_delay(exc))
+                await sleep(await running_loop(), self.retry_delay(exc))
                 continue
             self.connected()
             try:

@@ -63,6 +63,7 @@ from ..message import Fragments, encode_message, fragment_payload
 from ..state import State
 from ..switches import FAST_FRAMES
 from .crossing import crossing_for
+from .runtime import shield, timeout_at
 
 if TYPE_CHECKING:
     from ..request import Request
@@ -921,7 +922,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         if self._lost_waiter is None:
             self._lost_waiter = self.loop.create_future()
-        await asyncio.shield(self._lost_waiter)
+        await shield(self.loop, self._lost_waiter)
 
     @property
     def lost(self) -> bool:
@@ -994,7 +995,7 @@ class Websocket(Connection):
             is_text, payload = True, data.encode()  # the common case, without the dispatch
         else:
             while self._send_busy is not None:  # an async-iterable message is being sent
-                await asyncio.shield(self._send_busy)
+                await shield(self.loop, self._send_busy)
             if isinstance(data, AsyncIterable):
                 await self._send_async_fragments(data)
                 return
@@ -1133,7 +1134,8 @@ class Websocket(Connection):
         if self._lost:
             return True
         try:
-            async with asyncio.timeout(timeout):
+            deadline = None if timeout is None else self.loop.time() + timeout
+            async with timeout_at(self.loop, deadline):
                 await self.wait_lost()
         except TimeoutError:
             return False

@@ -19,6 +19,12 @@ connection closes. For each other request, in order:
    ``ServerProtocol.accept`` (key validation, extensions, subprotocol), then
    ``on_response`` middleware on the 101.
 
+A fast path for the common case: the first request of a connection, when it
+arrives whole and is a plain upgrade, is parsed by ``websockets``' own parser
+instead of h11 (``handshake.parse_upgrade`` says what it buys and which heads it
+takes) and goes through the same steps; h11 reads it after all, with whatever
+followed it, the moment anything but the switch to a websocket needs h11.
+
 After a 101 the transport is handed to a [`Connection`][embedws.aio.Connection]
 with ``transport.set_protocol``, and the bytes h11 read past the request are
 fed to it. Timers: the request head must arrive within
@@ -47,12 +53,13 @@ from websockets.http11 import Request as WSRequest
 from websockets.http11 import Response as WSResponse
 
 from ..errors import BadRequest, HTTPException, NotFound
-from ..handshake import is_upgrade, refuse_cross_site, refuse_upgrade
+from ..handshake import is_upgrade, parse_upgrade, refuse_cross_site, refuse_upgrade
 from ..protocol import ServerProtocol
 from ..request import Request, check_head
 from ..response import FileResponse, HTTPResponse, error_response
 from ..routing import Route
 from ..security import host_allowed
+from ..switches import FAST_UPGRADES
 
 if TYPE_CHECKING:
     from .server import Server
@@ -97,9 +104,16 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
-        self._h11 = h11.Connection(
+        self._h11_conn = h11.Connection(
             h11.SERVER, max_incomplete_event_size=server.config.REQUEST_MAX_HEADER_SIZE
         )
+        # The upgrade fast path (_upgrade_fast): the first request of a
+        # connection, parsed without h11, keeps its head and what came after it
+        # here until it is either switched to a websocket or given to h11.
+        self._fresh = FAST_UPGRADES  # the fast path may still take the first request
+        self._fast_head: bytes | None = None
+        self._fast_rest = bytearray()
+        self._ws_request: WSRequest | None = None
         self._request: Request | None = None
         self._body = bytearray()
         self._busy = False
@@ -116,6 +130,13 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self._drained: asyncio.Future[None] | None = None  # a file's next chunk waits
         self._task: asyncio.Task[None] | None = None
         self._detached = False
+
+    @property
+    def _h11(self) -> h11.Connection:
+        """The h11 connection, first told of a request the fast path parsed, if any."""
+        if self._fast_head is not None:
+            self._catch_up()
+        return self._h11_conn
 
     # asyncio callbacks --------------------------------------------------------
 
@@ -147,6 +168,14 @@ class HTTPConnection(asyncio.BufferedProtocol):
             config = self.server.config
             self._set_timer(min(config.WEBSOCKET_TIMEOUT, config.REQUEST_TIMEOUT))
         self._received += len(data)
+        if self._fast_head is not None:  # an upgrade parsed without h11 is being answered
+            self._fast_rest += data
+            return
+        if self._fresh:
+            self._fresh = False
+            data = bytes(data)
+            if self._upgrade_fast(data):
+                return
         self._h11.receive_data(data)
         if not self._busy:
             self._next_event()
@@ -194,6 +223,68 @@ class HTTPConnection(asyncio.BufferedProtocol):
             elif isinstance(event, h11.ConnectionClosed):
                 self._close()
                 return
+
+    def _upgrade_fast(self, data: bytes) -> bool:
+        """Answer a first request that is a whole upgrade head without h11; False: not one.
+
+        The fast path of ``handshake.parse_upgrade`` (which says what it buys
+        and when it is taken). What the client sent after the head waits in
+        ``_fast_rest``: the websocket's first bytes once switched; or, for any
+        other answer (a refusal, a middleware's response), h11 reads the head
+        and the rest (``_catch_up``) and everything goes on as on h11's path.
+        """
+        if not data.startswith(b"GET "):
+            return False
+        end = data.find(b"\r\n\r\n") + 4
+        if end < 4 or end > self.server.config.REQUEST_MAX_HEADER_SIZE:
+            return False
+        ws_request = parse_upgrade(data[:end])
+        if ws_request is None:
+            return False
+        server = self.server
+        request = Request(
+            "GET",
+            ws_request.path.encode("ascii"),
+            [
+                (name.lower().encode("ascii"), value.encode("latin-1"))
+                for name, value in ws_request.headers.raw_items()
+            ],
+            scheme="https" if server.tls else "http",
+            peer=self.peer,
+            app=server.app,
+            config=server.config,
+        )
+        try:
+            check_head(request)
+        except BadRequest:
+            return False  # h11's path refuses it, as for any head
+        self._fast_head = data[:end]
+        self._fast_rest += data[end:]
+        self._ws_request = ws_request
+        self._request = request
+        self._body.clear()
+        self._dispatch()
+        return True
+
+    def _catch_up(self) -> None:
+        """Give h11 the request the fast path parsed, and what followed it."""
+        head, rest = self._fast_head, self._fast_rest
+        assert head is not None
+        self._fast_head, self._fast_rest, self._ws_request = None, bytearray(), None
+        conn = self._h11_conn
+        conn.receive_data(head)
+        events: list[object] = []
+        try:
+            events += (conn.next_event(), conn.next_event())
+        except h11.RemoteProtocolError as exc:  # parse_upgrade let through what h11 refuses
+            events.append(exc)
+        if [type(event) for event in events] != [h11.Request, h11.EndOfMessage]:
+            logger.error("h11 reads an upgrade head otherwise than parse_upgrade: %r", events)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if rest:
+            conn.receive_data(bytes(rest))
 
     def _start_request(self, event: h11.Request) -> bool:
         server = self.server
@@ -365,8 +456,9 @@ class HTTPConnection(asyncio.BufferedProtocol):
     def _accept(self, request: Request, route: Route) -> tuple[ServerProtocol, WSResponse]:
         """The Sans-I/O layer's answer to the handshake: key, extensions, subprotocol."""
         protocol = self.server.make_protocol(route)
-        ws_response = protocol.accept(
-            WSRequest(
+        ws_request = self._ws_request  # the fast path's, or one made of the h11 request
+        if ws_request is None:
+            ws_request = WSRequest(
                 path=request.path + (f"?{request.query_string}" if request.query_string else ""),
                 headers=WSHeaders(
                     (k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers
@@ -374,8 +466,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
                 method=request.method,
                 protocol=f"HTTP/{request.http_version}",
             )
-        )
-        return protocol, ws_response
+        return protocol, protocol.accept(ws_request)
 
     def _refused_handshake(self, ws_response: WSResponse, route: Route) -> HTTPResponse:
         body = ws_response.body.decode("utf-8", "replace").strip()
@@ -425,7 +516,11 @@ class HTTPConnection(asyncio.BufferedProtocol):
     ) -> None:
         """Hand the socket over to a websocket connection, which writes the 101 ``head``."""
         assert self.transport is not None
-        trailing, _closed = self._h11.trailing_data
+        if self._fast_head is not None:  # h11 never saw this request
+            trailing = bytes(self._fast_rest)
+            self._fast_head, self._fast_rest, self._ws_request = None, bytearray(), None
+        else:
+            trailing, _closed = self._h11.trailing_data
         self._detached = True
         self._cancel_timer()
         server = self.server

@@ -23,6 +23,13 @@ connection's write timer drops it with 1011 if it stays above the limit for
 ``WEBSOCKET_MAX_BACKLOG`` bytes when a broadcast reaches it is dropped at once,
 which bounds the memory a slow reader can cost. The cap is far above the
 write limit, so that readers that keep up take bursts of large messages.
+
+With a scale-out broker (``App(broker=...)``, ``embedws/aio/broker.py``) the
+registry is its `Publisher`'s source: a broadcast is delivered locally
+first, then handed to the publisher (which never waits for Redis); and the
+first member joining a room or the last leaving it tells the publisher
+(``rooms_changed``) after the lock is released, so it can subscribe or
+unsubscribe on its loop.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.frames import BINARY, CONT, TEXT, Frame
 from websockets.protocol import SERVER
@@ -40,7 +47,7 @@ from ..message import Fragments, encode_message
 from .connection import Connection
 from .crossing import LoopClosed
 
-__all__ = ["Connections", "Registry", "Room", "connection_of", "write_to_all"]
+__all__ = ["Connections", "Publisher", "Registry", "Room", "connection_of", "write_to_all"]
 
 logger = logging.getLogger("embedws.broadcast")
 
@@ -53,6 +60,30 @@ def connection_of(ws: Any) -> Connection:
     return conn
 
 
+class Publisher(Protocol):
+    """What the registry needs of a scale-out broker (``embedws.RedisBroker``).
+
+    Thread contract: every method is safe from any thread and never blocks.
+    """
+
+    def check_publish(self, size: int) -> None:
+        """Raise ``BrokerError`` if a message of ``size`` bytes cannot be published."""
+
+    def publish(
+        self,
+        is_text: bool,
+        payload: bytes,
+        *,
+        room: str | None,
+        route: str | None,
+        exclude: Iterable[int],
+    ) -> None:
+        """Hand a message already delivered locally to the other processes."""
+
+    def rooms_changed(self) -> None:
+        """A room got its first member or lost its last one."""
+
+
 class Registry:
     """Open connections and rooms of one app.
 
@@ -63,6 +94,7 @@ class Registry:
         self._lock = threading.Lock()  # guards _open, _rooms and every rooms_joined
         self._open: dict[int, Connection] = {}
         self._rooms: dict[str, set[Connection]] = {}
+        self.publisher: Publisher | None = None  # set once, before serving
 
     # Connections (called on the loop) -------------------------------------------
 
@@ -71,6 +103,7 @@ class Registry:
             self._open[conn.id] = conn
 
     def closed(self, conn: Connection) -> None:
+        emptied = False
         with self._lock:
             self._open.pop(conn.id, None)
             for name in conn.rooms_joined or ():
@@ -79,7 +112,16 @@ class Registry:
                     members.discard(conn)
                     if not members:
                         del self._rooms[name]
+                        emptied = True
             conn.rooms_joined = None
+        if emptied:
+            self._rooms_changed()
+
+    def _rooms_changed(self) -> None:
+        # Outside the lock: the publisher only schedules work on its loop.
+        publisher = self.publisher
+        if publisher is not None:
+            publisher.rooms_changed()
 
     def snapshot(self) -> list[Connection]:
         with self._lock:
@@ -95,10 +137,16 @@ class Registry:
         with self._lock:
             if conn.lost or conn.id not in self._open:
                 return  # closed already: it would leave at once
-            self._rooms.setdefault(name, set()).add(conn)
+            members = self._rooms.get(name)
+            created = members is None
+            if members is None:
+                members = self._rooms[name] = set()
+            members.add(conn)
             if conn.rooms_joined is None:
                 conn.rooms_joined = set()
             conn.rooms_joined.add(name)
+        if created:
+            self._rooms_changed()
 
     def leave(self, name: str, conn: Connection) -> None:
         with self._lock:
@@ -106,10 +154,13 @@ class Registry:
             if members is None or conn not in members:
                 return
             members.discard(conn)
-            if not members:
+            emptied = not members
+            if emptied:
                 del self._rooms[name]
             if conn.rooms_joined is not None:
                 conn.rooms_joined.discard(name)
+        if emptied:
+            self._rooms_changed()
 
     def members(self, name: str) -> list[Connection]:
         with self._lock:
@@ -122,6 +173,10 @@ class Registry:
     def size(self, name: str) -> int:
         with self._lock:
             return len(self._rooms.get(name, ()))
+
+    def room_names(self) -> set[str]:
+        with self._lock:
+            return set(self._rooms)
 
     def room_sizes(self) -> dict[str, int]:
         with self._lock:
@@ -136,17 +191,50 @@ class Registry:
         *,
         encoding: str = "text",
         exclude: Any = None,
+        local: bool = False,
+        room: str | None = None,
+        route: str | None = None,
     ) -> int:
         """Send ``data`` to ``recipients`` minus ``exclude``; never blocks.
 
+        With a publisher and not ``local``, the message then goes to the other
+        processes too, for the members of ``room`` (or, with no room, every
+        connection, or those of ``route``).
+
         Returns:
-            How many recipients the message was handed to.
+            How many recipients in this process the message was handed to.
 
         Raises:
             TypeError: ``data`` has a type that cannot be sent.
+            BrokerError: the publisher refuses the message (nothing is sent).
         """
         is_text, payload = encode_message(data, encoding)
         excluded = _excluded(exclude)
+        publisher = None if local else self.publisher
+        whole = b""
+        if publisher is not None:
+            # One message between processes; each side frames it as it sees fit.
+            whole = b"".join(payload) if isinstance(payload, Fragments) else payload
+            publisher.check_publish(len(whole))
+        count = self.deliver(recipients, is_text, payload, excluded)
+        if publisher is not None:
+            publisher.publish(
+                is_text,
+                whole,
+                room=room,
+                route=route,
+                exclude=[conn.id for conn in excluded],
+            )
+        return count
+
+    def deliver(
+        self,
+        recipients: Iterable[Connection],
+        is_text: bool,
+        payload: bytes | Fragments,
+        excluded: frozenset[Connection] = frozenset(),
+    ) -> int:
+        """Write an encoded message to ``recipients`` minus ``excluded``, on their loops."""
         by_loop: dict[asyncio.AbstractEventLoop, list[Connection]] = {}
         for conn in recipients:
             if conn not in excluded:
@@ -209,8 +297,9 @@ def _excluded(exclude: Any) -> frozenset[Connection]:
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
     try:
         return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
+    except RuntimeError:  # no asyncio loop here; a trio one knows its thread
+        is_current = getattr(loop, "is_current", None)
+        return is_current is not None and bool(is_current())
 
 
 class Room:
@@ -235,14 +324,28 @@ class Room:
         """Remove a websocket if it is a member."""
         self._registry.leave(self.name, connection_of(ws))
 
-    def broadcast(self, data: Any, *, encoding: str = "text", exclude: Any = None) -> int:
+    def broadcast(
+        self, data: Any, *, encoding: str = "text", exclude: Any = None, local: bool = False
+    ) -> int:
         """Send ``data`` to every member but ``exclude`` (one websocket or several).
 
+        With a broker (``App(broker=...)``) the members in the other processes
+        get it too, unless ``local`` is true; publishing never waits for Redis.
+
         Returns:
-            How many members it was handed to.
+            How many members in this process it was handed to.
+
+        Raises:
+            BrokerError: the broker refuses the message (too large, or a
+                failed publish reported with ``on_error="raise"``); nothing was sent.
         """
         return self._registry.broadcast(
-            self._registry.members(self.name), data, encoding=encoding, exclude=exclude
+            self._registry.members(self.name),
+            data,
+            encoding=encoding,
+            exclude=exclude,
+            local=local,
+            room=self.name,
         )
 
     def __contains__(self, ws: object) -> bool:

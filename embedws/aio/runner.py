@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from ..errors import WebsocketClosed
 from ..request import Request
 from .connection import Connection, Websocket
+from .runtime import wait_tasks
 
 __all__ = ["AsyncRunner", "HandlerRunner", "HookRunner", "is_async_callable", "log_handler_crash"]
 
@@ -129,12 +130,12 @@ class AsyncRunner:
                 await result
         except WebsocketClosed:
             logger.debug("handler %s ended: websocket closed", handler)
-        except asyncio.CancelledError:
-            conn.start_close(1001, "server shutting down")
-            raise
         except Exception:
             log_handler_crash(handler, request)
             code, reason = 1011, "internal error"
+        except BaseException:  # cancelled: asyncio.CancelledError, trio.Cancelled
+            conn.start_close(1001, "server shutting down")
+            raise
         conn.start_close(code, reason)
 
     async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
@@ -144,13 +145,11 @@ class AsyncRunner:
         return result
 
     async def shutdown(self, deadline: float) -> None:
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=max(deadline - self._loop.time(), 0))
+        await wait_tasks(self._loop, self._tasks, max(deadline - self._loop.time(), 0))
         for task, name in self._tasks.items():
             logger.warning("cancelling websocket handler %s, still running at shutdown", name)
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=1.0)
+        await wait_tasks(self._loop, self._tasks, 1.0)
 
     def join(self, timeout: float) -> None:
         return None

@@ -9,11 +9,16 @@ through `ServedApp` (routes, config, middleware, listeners, runners).
 It accepts through an `Acceptor`, which, when the
 process runs out of descriptors, has `Server.close_idle_http()` make room.
 
+Start order: ``before_server_start`` listeners; the app's scale-out broker
+(``embedws/aio/broker.py``), if any, attaches (the first server starts it);
+listen; ``after_server_start`` listeners.
+
 Shutdown order (``close()``): ``before_server_stop`` listeners; stop accepting;
 close idle HTTP connections; send close 1001 to every websocket; wait until the
 connections are gone and the handlers have returned, at most
 ``GRACEFUL_SHUTDOWN_TIMEOUT``; abort what remains and give up on handlers still
-running (logged); ``after_server_stop`` listeners.
+running (logged); the broker detaches (the last server stops it: unsubscribed,
+its connections and tasks gone); ``after_server_stop`` listeners.
 """
 
 from __future__ import annotations
@@ -41,12 +46,14 @@ from ..routing import Route, Router
 from ..security import is_loopback_address, rebinding_guard_warning
 from ..tls import SSLArg, server_context
 from .acceptor import AcceptBackoff, Acceptor
+from .broker import RedisBroker
 from .connection import Connection, Settings, protocol_logger, read_buffer_for
 from .crossing import LoopClosed, crossing_for
 from .http import HTTPConnection
 from .runner import HandlerRunner, HookRunner, is_async_callable
+from .runtime import is_asyncio, shield, timeout_at, wait_uncancellable
 
-__all__ = ["ServedApp", "Server", "serve"]
+__all__ = ["Listening", "ServedApp", "Server", "serve"]
 
 logger = logging.getLogger("embedws.server")
 
@@ -64,6 +71,8 @@ class ServedApp(Protocol):
     error_format: str | None
 
     @property
+    def broker(self) -> RedisBroker | None: ...
+    @property
     def request_middleware(self) -> Sequence[Callable[..., Any]]: ...
     @property
     def response_middleware(self) -> Sequence[Callable[..., Any]]: ...
@@ -77,6 +86,18 @@ class ServedApp(Protocol):
     def next_connection_id(self) -> int: ...
     def connection_opened(self, conn: Connection) -> None: ...
     def connection_closed(self, conn: Connection) -> None: ...
+
+
+class Listening(Protocol):
+    """What accepts on listening sockets (an ``Acceptor``, or its trio counterpart)."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
+    @property
+    def pending(self) -> int: ...
+    def handshakes(self) -> list[tuple[float, Callable[[], object]]]: ...
+    def close(self) -> None: ...
+    async def wait_closed(self) -> None: ...
 
 
 class _Hook:
@@ -119,7 +140,8 @@ class Server:
         self._hooks: HookRunner | None = None
         self._request_middleware = [_Hook(fn) for fn in app.request_middleware]
         self._response_middleware = [_Hook(fn) for fn in app.response_middleware]
-        self._servers: list[Acceptor] = []  # one per asyncio.Server, accepting on its sockets
+        # One per asyncio.Server (an Acceptor) or, inside trio, per listening socket.
+        self._servers: list[Listening] = []
         self._backoff = AcceptBackoff(loop, self)
         self._http: set[HTTPConnection] = set()
         self._websockets: set[Connection] = set()
@@ -135,6 +157,7 @@ class Server:
         self._closed: asyncio.Future[None] = loop.create_future()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._unix: str | None = None
+        self._broker: RedisBroker | None = None  # attached: detach it at shutdown
 
     # Starting -------------------------------------------------------------------
 
@@ -153,20 +176,19 @@ class Server:
         self._runners = self.app.handler_runners(self.loop, self.config)
         self._hooks = self.app.hook_runner(self.loop, self.config)
         await self._run_listeners("before_server_start", raise_errors=True)
-        options: dict[str, Any] = {
-            "ssl": context,
-            "ssl_handshake_timeout": self.config.WEBSOCKET_TIMEOUT if context else None,
-            "start_serving": False,  # an Acceptor accepts (see embedws/aio/acceptor.py)
-        }
-        factory = self._make_http_connection
+        broker = self.app.broker
+        if broker is not None:
+            if not is_asyncio(self.loop):
+                raise RuntimeError(
+                    "the Redis broker runs on asyncio (redis-py's asyncio client): "
+                    "serve this app with asyncio, or without a broker inside trio"
+                )
+            # Before listening: no member can join a room the broker does not know of.
+            await broker.attach()
+            self._broker = broker
         if unix is not None:
             self._unix = unix
-            servers = [await self.loop.create_unix_server(factory, unix, **options)]
-        elif sock is not None:
-            servers = [await self.loop.create_server(factory, sock=sock, **options)]
-        else:
-            servers = await self._listen_tcp(host, port, options)
-        self._servers.extend(self._acceptor(server, factory, options) for server in servers)
+        self._servers.extend(await self._listen(host, port, context, sock, unix))
         self.loopback_only = all(_is_loopback_socket(s) for s in self.sockets)
         warning = rebinding_guard_warning(
             [str(name[0]) for s in self.sockets if isinstance(name := s.getsockname(), tuple)],
@@ -176,6 +198,29 @@ class Server:
             logger.warning("%s", warning)
         self.app.server_started(self)
         await self._run_listeners("after_server_start", raise_errors=True)
+
+    async def _listen(
+        self,
+        host: str | Sequence[str] | None,
+        port: int,
+        context: ssl_module.SSLContext | None,
+        sock: socket.socket | None,
+        unix: str | None,
+    ) -> list[Listening]:
+        """Listen (the part of starting that differs between runtimes)."""
+        options: dict[str, Any] = {
+            "ssl": context,
+            "ssl_handshake_timeout": self.config.WEBSOCKET_TIMEOUT if context else None,
+            "start_serving": False,  # an Acceptor accepts (see embedws/aio/acceptor.py)
+        }
+        factory = self._make_http_connection
+        if unix is not None:
+            servers = [await self.loop.create_unix_server(factory, unix, **options)]
+        elif sock is not None:
+            servers = [await self.loop.create_server(factory, sock=sock, **options)]
+        else:
+            servers = await self._listen_tcp(host, port, options)
+        return [self._acceptor(server, factory, options) for server in servers]
 
     async def _listen_tcp(
         self, host: str | Sequence[str] | None, port: int, options: dict[str, Any]
@@ -473,15 +518,15 @@ class Server:
 
     async def wait_closed(self) -> None:
         """Wait until the shutdown is complete."""
-        await asyncio.shield(self._closed)
+        await shield(self.loop, self._closed)
 
     async def serve_forever(self) -> None:
         """Serve until ``close()`` is called; closes the server if cancelled."""
         try:
             await self.wait_closed()
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled (asyncio.CancelledError, trio.Cancelled)
             self.close()
-            await asyncio.shield(self._closed)
+            await wait_uncancellable(self.loop, self._closed)
             raise
 
     async def _shutdown(self) -> None:
@@ -498,7 +543,7 @@ class Server:
             if self._websockets or self._http:
                 self._emptied = self.loop.create_future()
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with timeout_at(self.loop, deadline):
                         await self._emptied
                 except TimeoutError:
                     logger.warning(
@@ -514,6 +559,12 @@ class Server:
                 await runner.shutdown(deadline)
             for server in self._servers:
                 await server.wait_closed()
+            broker, self._broker = self._broker, None
+            if broker is not None:
+                try:
+                    await broker.detach()
+                except Exception:
+                    logger.exception("stopping the broker failed")
             await self._run_listeners("after_server_stop")
         finally:
             if self._hooks is not None:
@@ -547,8 +598,13 @@ def _is_loopback_socket(sock: socket.socket) -> bool:
 class serve:  # noqa: N801 - used like a function, as websockets.serve is
     """Serve ``app`` on the running loop: ``async with serve(app, host, port) as server``.
 
-    Also awaitable: ``server = await serve(app, ...)``; then ``server.close()``
-    and ``await server.wait_closed()``.
+    Also awaitable on asyncio: ``server = await serve(app, ...)``; then
+    ``server.close()`` and ``await server.wait_closed()``.
+
+    Inside trio (``embedws[trio]``), ``async with`` only: the server's tasks live
+    in a nursery that the ``async with`` block owns; leaving it, or being
+    cancelled, closes every websocket with 1001 and waits for the handlers, at
+    most ``GRACEFUL_SHUTDOWN_TIMEOUT``. Greenlet mode is asyncio-only.
 
     Thread contract: call it on the running event loop that is to serve; the
     server it gives belongs to that loop (other threads use ``app.broadcast``
@@ -580,10 +636,16 @@ class serve:  # noqa: N801 - used like a function, as websockets.serve is
         self._host, self._port = host, port
         self._ssl, self._sock, self._unix = ssl, sock, unix
         self._server: Server | None = None
+        self._trio: Any = None  # the trio serving, inside trio
 
     async def start(self) -> Server:
         """Start serving and return the server (what ``await serve(...)`` does)."""
-        server = Server(self._app, self._config, asyncio.get_running_loop())
+        loop = _running_asyncio_loop()
+        if loop is None:
+            raise RuntimeError(
+                "await serve(...) needs asyncio; inside trio, use async with serve(...)"
+            )
+        server = Server(self._app, self._config, loop)
         try:
             await server.start(
                 self._host, self._port, ssl=self._ssl, sock=self._sock, unix=self._unix
@@ -599,9 +661,41 @@ class serve:  # noqa: N801 - used like a function, as websockets.serve is
         return self.start().__await__()
 
     async def __aenter__(self) -> Server:
-        return await self.start()
+        if _running_asyncio_loop() is not None:
+            return await self.start()
+        try:
+            from .trio_server import TrioServing  # noqa: PLC0415 - only inside trio
+        except ImportError:
+            raise RuntimeError(
+                "embedws.aio.serve needs a running asyncio loop, or trio with the "
+                "embedws[trio] extra installed"
+            ) from None
 
-    async def __aexit__(self, *exc_info: object) -> None:
+        self._trio = TrioServing(
+            self._app,
+            self._config,
+            self._host,
+            self._port,
+            ssl=self._ssl,
+            sock=self._sock,
+            unix=self._unix,
+        )
+        server: Server = await self._trio.__aenter__()
+        self._server = server
+        return server
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._trio is not None:
+            await self._trio.__aexit__(*exc_info)
+            return
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop; None in another runtime (trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

@@ -29,6 +29,7 @@ from ..aio.connection import Connection
 from ..aio.connection import Websocket as AioWebsocket
 from ..aio.crossing import Crossing, LoopClosed, crossing_for
 from ..aio.runner import log_handler_crash
+from ..aio.runtime import timeout_at
 from ..errors import ServiceUnavailable, WebsocketClosed
 from ..request import Request
 from ..switches import SCHED_BATCH
@@ -224,7 +225,7 @@ class _Running:
             return
         self._idle = self._loop.create_future()
         try:
-            async with asyncio.timeout_at(deadline):
+            async with timeout_at(self._loop, deadline):
                 await self._idle
         except TimeoutError:
             pass

@@ -51,14 +51,14 @@ thread writes log records. User threads call the sync API and broadcast.
 
 Fast paths (``embedws/switches.py`` has one switch each)
 ------------------------------------------------
-* Direct writes (``EMBEDWS_DIRECT_WRITES``) buy thread mode about a third of
-  its CPU per message and most of its latency at one connection
-  (``bench/sync_echo.py``, embedws-thread at 1 connection).
-* Wake batching (``EMBEDWS_WAKE_BATCH``) saves handler threads woken by one
-  pass of the loop a context switch or two each (``bench/sync_echo.py``,
-  embedws-thread at 50 connections).
+* Direct writes (``EMBEDWS_DIRECT_WRITES``): thread mode at one connection,
+  27% less server CPU per echo and a lower p50 (``bench/sync_echo.py``).
+* Wake batching (``EMBEDWS_WAKE_BATCH``): thread mode at 50 connections, 15%
+  less server CPU per echo, two context switches fewer (``bench/sync_echo.py``).
 * ``SCHED_BATCH`` (``EMBEDWS_SCHED_BATCH``) keeps woken handler threads from
-  preempting the loop (``bench/sync_echo.py``, 50 connections: 10-15% less CPU).
+  preempting the loop (``bench/sync_echo.py``, 50 connections).
+The figures, with the commands that measured them, are in the fast-path table
+of ``docs/architecture.md``.
 The portable path underneath each is complete: Windows' proactor loop, uvloop
 and macOS take none of them.
 """
