@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 
+from .conftest import seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 
 DRIVER_DIR = ROOT / "tests" / "browser"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 #: A whole browser run: Chromium's start (a second or two) and the actions.
-DRIVE_TIMEOUT = 45
+DRIVE_TIMEOUT = seconds(45)
 
 
 class Driver:
@@ -70,7 +72,7 @@ def find_driver() -> Driver:
     if node is None:
         pytest.skip("node is not installed")
     version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, check=False, timeout=10
+        [node, "--version"], capture_output=True, text=True, check=False, timeout=seconds(10)
     ).stdout.strip()
     if int(version.lstrip("v").split(".")[0] or 0) < 20:
         pytest.skip(f"playwright-core needs Node 20 or newer, this is {version or 'unknown'}")

@@ -22,6 +22,12 @@ import embedws
 #: One millisecond, scaled for slow machines (EMBEDWS_TESTS_TIMEOUT_FACTOR=3).
 MS = 0.001 * float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))
 
+
+def seconds(value: float) -> float:
+    """``value`` seconds as a time bound, scaled like `MS` (tests/test_timeouts.py checks)."""
+    return value * 1000 * MS
+
+
 #: Handler kinds every behavioural test runs with.
 KINDS = ("async", "thread", "greenlet")
 
@@ -76,15 +82,15 @@ def echo(request, ws):
 @contextlib.contextmanager
 def serving(app: embedws.App, **config: Any) -> Iterator[embedws.sync.Server]:
     """Serve ``app`` on a free loopback port for the block; stop afterwards."""
-    config.setdefault("GRACEFUL_SHUTDOWN_TIMEOUT", 5)
+    config.setdefault("GRACEFUL_SHUTDOWN_TIMEOUT", seconds(5))
     with app.serve(port=0, **config) as server:
         yield server
 
 
 def client(url: str, **kwargs: Any) -> ClientConnection:
     """A `websockets` sync client, the independent peer."""
-    kwargs.setdefault("open_timeout", 5)
-    kwargs.setdefault("close_timeout", 5)
+    kwargs.setdefault("open_timeout", seconds(5))
+    kwargs.setdefault("close_timeout", seconds(5))
     kwargs.setdefault("legacy", True)  # a connection, usable with or without `with`
     connection = ws_connect(url, **kwargs)
     assert isinstance(connection, ClientConnection)
@@ -122,7 +128,7 @@ def raw_http(
     port: int,
     data: bytes,
     *,
-    timeout: float = 5.0,
+    timeout: float = seconds(5.0),
     read_all: bool = True,
     half_close: bool = False,
 ) -> bytes:
@@ -183,7 +189,7 @@ class LogWaiter(logging.Handler):
             self._changed.notify_all()
 
     def wait_for(
-        self, text: str, *, level: int = logging.DEBUG, timeout: float = 5.0
+        self, text: str, *, level: int = logging.DEBUG, timeout: float = seconds(5.0)
     ) -> logging.LogRecord:
         def found() -> logging.LogRecord | None:
             for record in self.records:
@@ -231,7 +237,7 @@ def no_leaked_threads() -> Iterator[None]:
         if t.name.startswith("embedws") and t.is_alive() and t not in before
     ]
     for thread in leftover:
-        thread.join(5)
+        thread.join(seconds(5))
     alive = [t.name for t in leftover if t.is_alive()]
     assert not alive, f"threads left running: {alive}"
 
@@ -253,7 +259,7 @@ class RawClient:
         self.sock = socket.socket()
         if rcvbuf is not None:  # before connecting, or the window is already large
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(5)
+        self.sock.settimeout(seconds(5))
         self.sock.connect(("127.0.0.1", port))
         self.sock.sendall(upgrade_request(path, extra=extra))
         head = b""
@@ -276,13 +282,13 @@ class RawClient:
         self.sock.sendall(raw_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask))
 
     def events(
-        self, *, until_close: bool = True, timeout: float = 5.0, answer: bool = True
+        self, *, until_close: bool = True, timeout: float = seconds(5.0), answer: bool = True
     ) -> list[Any]:
         """Frames received until a close frame (or EOF), answered like a client would
         (pongs, the close reply) unless ``answer`` is false."""
         import time
 
-        from websockets.frames import Opcode
+        from websockets.frames import Frame, Opcode
 
         deadline = time.monotonic() + timeout
         frames: list[Any] = []
@@ -310,7 +316,7 @@ class RawClient:
                     pass
             if not data:
                 break
-            new = self.protocol.events_received()
+            new = [e for e in self.protocol.events_received() if isinstance(e, Frame)]
             frames.extend(new)
             if frames and not until_close:
                 break
@@ -318,7 +324,7 @@ class RawClient:
                 break  # a mute client does not wait for the end of the stream
         return frames
 
-    def close_code(self, timeout: float = 5.0, *, answer: bool = True) -> int | None:
+    def close_code(self, timeout: float = seconds(5.0), *, answer: bool = True) -> int | None:
         from websockets.frames import Close, Opcode
 
         for frame in self.events(timeout=timeout, answer=answer):
@@ -384,7 +390,7 @@ class RedisServer:
         )
         # Waiting for another program to be ready: poll, with a deadline.
         deadline = time.monotonic() + 10_000 * MS
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=seconds(1))
         try:
             while True:
                 try:
@@ -393,7 +399,7 @@ class RedisServer:
                 except redis.ConnectionError:
                     if self.process.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                    time.sleep(0.01)
+                    time.sleep(seconds(0.01))
         finally:
             client.close()
 
@@ -401,14 +407,14 @@ class RedisServer:
         """SIGKILL, as a crash: clients see their connections reset."""
         if self.process is not None:
             self.process.kill()
-            self.process.wait(10)
+            self.process.wait(seconds(10))
             self.process = None
 
     def client(self) -> Any:
         """A redis-py sync client to this server (close it)."""
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=seconds(5))
 
 
 @pytest.fixture
@@ -425,3 +431,41 @@ def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Scale pytest-timeout's per-test limit (ini, ``--timeout`` or a marker) like `MS`."""
+    if seconds(1) == 1:
+        return
+    option = config.getoption("timeout", None) or config.getini("timeout") or 0
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        base = option
+        if marker is not None:
+            base = marker.args[0] if marker.args else marker.kwargs.get("timeout", option)
+        if float(base) > 0:  # 0 turns the limit off; off stays off
+            item.add_marker(pytest.mark.timeout(seconds(float(base))), append=False)
+
+
+#: The event loop the suite runs on: ``asyncio`` (the platform's) or ``uvloop``.
+#: An application picks uvloop the same way, by installing its policy before it
+#: starts a server: embedws's loop threads then take no selector fast path.
+TESTS_LOOP = os.environ.get("EMBEDWS_TESTS_LOOP", "asyncio")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if TESTS_LOOP == "uvloop":
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif TESTS_LOOP != "asyncio":
+        raise pytest.UsageError(f"EMBEDWS_TESTS_LOOP must be asyncio or uvloop, not {TESTS_LOOP}")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from embedws import switches
+
+    paths = ", ".join(f"{name}={getattr(switches, name)}" for name in switches.__all__)
+    return [f"embedws: loop {TESTS_LOOP}; fast paths {paths}; time factor {seconds(1):g}"]

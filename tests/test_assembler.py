@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from embedws.assembler import Assembler, InvalidUTF8
 
 
-def assemble(is_text: bool, parts: list[bytes]) -> str | bytes | None:
+def assemble(is_text: bool, parts: Sequence[bytes | bytearray]) -> str | bytes | None:
     assembler = Assembler(is_text)
     result: str | bytes | None = None
     for index, part in enumerate(parts):

@@ -19,11 +19,12 @@ import pytest
 import trustme
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 import embedws
 from embedws.response import text
 
-from .conftest import MS
+from .conftest import MS, seconds
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +42,7 @@ async def in_thread(fn: Callable[..., _T], *args: Any) -> _T:
 
 def raw_request(port: int, data: bytes, *, until_close: bool = False) -> bytes:
     """Send ``data``, read until the server closes or (unless ``until_close``) one answer is in."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds(5)) as sock:
         sock.sendall(data)
         chunks = []
         while True:
@@ -92,7 +93,7 @@ def make_app(**config: Any) -> embedws.App:
     async def bye(request: Any, ws: Any) -> None:
         await ws.send(f"bye {ws.subprotocol}")
 
-    @app.websocket("/members/<name>", subprotocols=["chat"])
+    @app.websocket("/members/<name>", subprotocols=[Subprotocol("chat")])
     async def members(request: Any, ws: Any, name: str) -> None:
         await ws.send(
             f"{name} {ws.subprotocol} {ws.open} {ws.closed} {request.path} "
@@ -129,11 +130,11 @@ async def test_echo_text_and_binary(anyio_backend: str) -> None:
         def client() -> list[Any]:
             with ws_connect(server.url + "/echo") as ws:
                 ws.send("hello")
-                first = ws.recv(timeout=5)
+                first = ws.recv(timeout=seconds(5))
                 ws.send(b"\x00\xff" * 40_000)  # past one read, past the write limit
-                second = ws.recv(timeout=5)
+                second = ws.recv(timeout=seconds(5))
                 ws.send(["fragmented ", "text"])
-                third = ws.recv(timeout=5)
+                third = ws.recv(timeout=seconds(5))
                 return [first, second, third]
 
         assert await in_thread(client) == ["hello", b"\x00\xff" * 40_000, "fragmented text"]
@@ -144,10 +145,10 @@ async def test_members_ping_and_recv_timeout(anyio_backend: str) -> None:
     async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
 
         def client() -> list[Any]:
-            with ws_connect(server.url + "/members/ann", subprotocols=["chat"]) as ws:
-                got = [ws.recv(timeout=5) for _ in range(4)]
+            with ws_connect(server.url + "/members/ann", subprotocols=[Subprotocol("chat")]) as ws:
+                got = [ws.recv(timeout=seconds(5)) for _ in range(4)]
                 ws.send("last")
-                got.append(ws.recv(timeout=5))
+                got.append(ws.recv(timeout=seconds(5)))
                 return got
 
         assert await in_thread(client) == [
@@ -165,9 +166,9 @@ async def test_a_handler_that_returns_closes_with_1000(anyio_backend: str) -> No
 
         def client() -> tuple[str, int | None]:
             with ws_connect(server.url + "/bye") as ws:
-                message = ws.recv(timeout=5)
+                message = ws.recv(timeout=seconds(5))
                 with pytest.raises(ConnectionClosed):
-                    ws.recv(timeout=5)
+                    ws.recv(timeout=seconds(5))
                 return str(message), ws.close_code
 
         assert await in_thread(client) == ("bye None", 1000)
@@ -181,7 +182,7 @@ async def test_a_crashing_handler_closes_with_1011(anyio_backend: str) -> None:
             with ws_connect(server.url + "/crash") as ws:
                 ws.send("go")
                 with pytest.raises(ConnectionClosed):
-                    ws.recv(timeout=5)
+                    ws.recv(timeout=seconds(5))
                 return ws.close_code
 
         assert await in_thread(client) == 1011
@@ -194,10 +195,10 @@ async def test_a_message_over_max_size_closes_with_1009(anyio_backend: str) -> N
         def client() -> tuple[str, int | None]:
             with ws_connect(server.url + "/echo") as ws:
                 ws.send("x" * 1000)  # the limit is inclusive
-                echoed = ws.recv(timeout=5)
+                echoed = ws.recv(timeout=seconds(5))
                 ws.send("x" * 1001)
                 with pytest.raises(ConnectionClosed):
-                    ws.recv(timeout=5)
+                    ws.recv(timeout=seconds(5))
                 return str(echoed), ws.close_code
 
         assert await in_thread(client) == ("x" * 1000, 1009)
@@ -275,7 +276,7 @@ async def test_tls(anyio_backend: str) -> None:
         def client() -> Any:
             with ws_connect(server.url + "/echo", ssl=client_context) as ws:
                 ws.send("secret")
-                return ws.recv(timeout=5)
+                return ws.recv(timeout=seconds(5))
 
         assert await in_thread(client) == "secret"
 
@@ -291,7 +292,7 @@ async def test_unix_socket(anyio_backend: str, tmp_path: Any) -> None:
         def client() -> Any:
             with unix_connect(path, "ws://localhost/echo") as ws:
                 ws.send("local")
-                return ws.recv(timeout=5)
+                return ws.recv(timeout=seconds(5))
 
         assert await in_thread(client) == "local"
 
@@ -309,10 +310,10 @@ async def test_leaving_the_block_closes_websockets_with_1001(
     def client(url: str) -> None:
         with ws_connect(url + "/echo") as ws:
             ws.send("hi")
-            ws.recv(timeout=5)
+            ws.recv(timeout=seconds(5))
             connected.set()
             with pytest.raises(ConnectionClosed):
-                ws.recv(timeout=5)
+                ws.recv(timeout=seconds(5))
             codes.append(ws.close_code)
 
     async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
@@ -325,7 +326,7 @@ async def test_leaving_the_block_closes_websockets_with_1001(
     # The handler ended with its connection: the shutdown had nothing to cancel.
     assert "still running at shutdown" not in caplog.text
     with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection(("127.0.0.1", port), timeout=seconds(1)).close()
 
 
 async def test_cancellation_closes_websockets_with_1001(anyio_backend: str) -> None:
@@ -336,10 +337,10 @@ async def test_cancellation_closes_websockets_with_1001(anyio_backend: str) -> N
     def client(url: str) -> None:
         with ws_connect(url + "/echo") as ws:
             ws.send("hi")
-            ws.recv(timeout=5)
+            ws.recv(timeout=seconds(5))
             connected.set()
             with pytest.raises(ConnectionClosed):
-                ws.recv(timeout=5)
+                ws.recv(timeout=seconds(5))
             codes.append(ws.close_code)
 
     thread: threading.Thread | None = None
@@ -381,7 +382,7 @@ async def test_a_def_handler_in_thread_mode_echoes(anyio_backend: str) -> None:
                 got = []
                 for i in range(50):
                     ws.send(f"m{i}")
-                    got.append(ws.recv(timeout=5))
+                    got.append(ws.recv(timeout=seconds(5)))
                 return got
 
         assert await in_thread(client) == [f"m{i}" for i in range(50)]
@@ -401,11 +402,11 @@ async def test_a_plain_thread_broadcasts_to_a_room(anyio_backend: str) -> None:
 
         def clients() -> list[Any]:
             with ws_connect(server.url + "/room") as one, ws_connect(server.url + "/room") as two:
-                assert one.recv(timeout=5) == "joined"
-                assert two.recv(timeout=5) == "joined"
+                assert one.recv(timeout=seconds(5)) == "joined"
+                assert two.recv(timeout=seconds(5)) == "joined"
                 # This thread is not the loop's: the broadcast crosses.
                 sent = app.room("lobby").broadcast({"news": 1})
-                return [sent, one.recv(timeout=5), two.recv(timeout=5)]
+                return [sent, one.recv(timeout=seconds(5)), two.recv(timeout=seconds(5))]
 
         assert await in_thread(clients) == [2, '{"news":1}', '{"news":1}']
 
@@ -424,7 +425,7 @@ async def test_a_handler_broadcast_keeps_its_order_with_sends(anyio_backend: str
 
         def client() -> list[Any]:
             with ws_connect(server.url + "/order") as ws:
-                return [ws.recv(timeout=5) for _ in range(40)]
+                return [ws.recv(timeout=seconds(5)) for _ in range(40)]
 
         expected = [m for i in range(20) for m in (f"b{i}", f"s{i}")]
         assert await in_thread(client) == expected
@@ -442,7 +443,7 @@ async def test_greenlet_mode_is_refused_inside_trio(anyio_backend: str) -> None:
 
             def client() -> Any:
                 with ws_connect(server.url + "/g") as ws:
-                    return ws.recv(timeout=5)
+                    return ws.recv(timeout=seconds(5))
 
             assert await in_thread(client) == "hi"
     else:
@@ -498,7 +499,7 @@ def websockets_server() -> Any:
         return None
 
     with ws_serve(
-        handler, "127.0.0.1", 0, subprotocols=["chat"], process_request=process_request
+        handler, "127.0.0.1", 0, subprotocols=[Subprotocol("chat")], process_request=process_request
     ) as server:
         thread = threading.Thread(target=server.serve_forever)
         thread.start()
@@ -506,24 +507,26 @@ def websockets_server() -> Any:
             yield server
         finally:
             server.shutdown()
-            thread.join(5)
+            thread.join(seconds(5))
 
 
 async def test_the_client_against_the_websockets_server(
     anyio_backend: str, websockets_server: Any
 ) -> None:
     port = websockets_server.socket.getsockname()[1]
-    async with embedws.aio.connect(f"ws://127.0.0.1:{port}/redirect", subprotocols=["chat"]) as ws:
+    async with embedws.aio.connect(
+        f"ws://127.0.0.1:{port}/redirect", subprotocols=[Subprotocol("chat")]
+    ) as ws:
         assert ws.subprotocol == "chat"
         await ws.send("hello")
-        assert await ws.recv(timeout=5) == "hello"
+        assert await ws.recv(timeout=seconds(5)) == "hello"
         await ws.send(b"\x01" * 100_000)
-        assert await ws.recv(timeout=5) == b"\x01" * 100_000
+        assert await ws.recv(timeout=seconds(5)) == b"\x01" * 100_000
         latency = await (await ws.ping())
         assert latency >= 0
         await ws.send("close 4000")
         with pytest.raises(embedws.errors.WebsocketClosed) as caught:
-            await ws.recv(timeout=5)
+            await ws.recv(timeout=seconds(5))
         assert (caught.value.code, caught.value.reason) == (4000, "asked")
     assert ws.closed
 
@@ -538,7 +541,7 @@ async def test_the_client_with_tls_against_our_server(anyio_backend: str) -> Non
     async with embedws.aio.serve(make_app(), "127.0.0.1", 0, ssl=server_context) as server:
         async with embedws.aio.connect(server.url + "/echo", ssl=client_context) as ws:
             await ws.send("over tls")
-            assert await ws.recv(timeout=5) == "over tls"
+            assert await ws.recv(timeout=seconds(5)) == "over tls"
         # Without the CA: the certificate is refused, as an embedws error.
         with pytest.raises(embedws.errors.TLSError, match="certificate verify failed"):
             await embedws.aio.connect(server.url + "/echo")
@@ -574,10 +577,14 @@ async def test_floods_both_ways_pause_and_resume_without_loss(anyio_backend: str
             with ws_connect(server.url + "/echo", max_size=None) as ws:
                 # Everything is sent before anything is read: the server's queue
                 # fills (reading pauses), then its writes back up (sends wait).
-                sender = threading.Thread(target=lambda: [ws.send(m) for m in messages])
+                def send_all() -> None:
+                    for m in messages:
+                        ws.send(m)
+
+                sender = threading.Thread(target=send_all)
                 sender.start()
-                echoed = [ws.recv(timeout=10) for _ in messages]
-                sender.join(10)
+                echoed = [ws.recv(timeout=seconds(10)) for _ in messages]
+                sender.join(seconds(10))
             return echoed == messages
 
         assert await in_thread(client)
@@ -716,7 +723,7 @@ async def test_leaving_the_block_ends_a_def_handler_blocked_in_recv(anyio_backen
     def client(url: str) -> None:
         with ws_connect(url + "/wait") as ws:
             with pytest.raises(ConnectionClosed):
-                ws.recv(timeout=5)
+                ws.recv(timeout=seconds(5))
             codes.append(ws.close_code)
 
     async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
@@ -740,7 +747,7 @@ async def test_a_host_list_listens_on_one_port(anyio_backend: str) -> None:
             for url in server.urls:
                 with ws_connect(url + "/echo") as ws:
                     ws.send(url)
-                    got.append(ws.recv(timeout=5))
+                    got.append(ws.recv(timeout=seconds(5)))
             return got
 
         assert await in_thread(client) == server.urls
@@ -757,14 +764,14 @@ async def test_a_bound_socket_and_an_early_close(anyio_backend: str) -> None:
         def client() -> Any:
             with ws_connect(f"ws://127.0.0.1:{port}/echo") as ws:
                 ws.send("bound")
-                return ws.recv(timeout=5)
+                return ws.recv(timeout=seconds(5))
 
         assert await in_thread(client) == "bound"
         # Closing inside the block is allowed; leaving it then has nothing left to do.
         server.close()
         await server.wait_closed()
         with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection(("127.0.0.1", port), timeout=seconds(1)).close()
 
 
 async def test_http_timers_idle_keep_alive_and_slow_request(anyio_backend: str) -> None:
@@ -773,13 +780,13 @@ async def test_http_timers_idle_keep_alive_and_slow_request(anyio_backend: str) 
         port = server.port
 
         def idle_then_slow() -> tuple[bytes, bytes]:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            with socket.create_connection(("127.0.0.1", port), timeout=seconds(5)) as sock:
                 sock.sendall(b"GET /hello?name=k HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 # The answer, then the end of the idle keep-alive connection.
                 idle = b""
                 while chunk := sock.recv(65536):
                     idle += chunk
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            with socket.create_connection(("127.0.0.1", port), timeout=seconds(5)) as sock:
                 sock.sendall(b"GET /hello HTTP/1.1\r\n")  # and nothing more
                 slow = b""
                 while chunk := sock.recv(65536):
@@ -837,7 +844,7 @@ def test_inside_trio_idle_sockets_make_room_when_descriptors_run_out() -> None:
         port = int(process.stdout.readline())
         # More silent connections than the server has descriptors.
         for _ in range(200):
-            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=seconds(5)))
         started = time.monotonic()
         with ws_connect(f"ws://127.0.0.1:{port}/", open_timeout=2000 * MS) as ws:
             ws.send("served")
@@ -864,9 +871,11 @@ def test_the_asyncio_path_imports_neither_trio_nor_anyio() -> None:
     import sys
 
     program = """
-import asyncio, sys
+import asyncio, os, sys
 import embedws
 from websockets.asyncio.client import connect
+
+FACTOR = float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))  # as the suite's MS
 
 app = embedws.App("plain")
 
@@ -879,10 +888,10 @@ async def main():
     async with embedws.aio.serve(app, "127.0.0.1", 0) as server:
         async with embedws.aio.connect(server.url + "/echo") as ws:
             await ws.send("x")
-            assert await ws.recv(timeout=5) == "x"
+            assert await ws.recv(timeout=5 * FACTOR) == "x"
     with app.serve(port=0) as server, server.connect("/echo") as ws:
         ws.send("y")
-        assert ws.recv(timeout=5) == "y"
+        assert ws.recv(timeout=5 * FACTOR) == "y"
 
 asyncio.run(main())
 print(sorted(name for name in ("trio", "anyio", "sniffio") if name in sys.modules))
@@ -914,7 +923,7 @@ async def test_a_port_in_use_raises_oserror_and_leaves_nothing_running(anyio_bac
         def client() -> Any:
             with ws_connect(server.url + "/echo") as ws:
                 ws.send("again")
-                return ws.recv(timeout=5)
+                return ws.recv(timeout=seconds(5))
 
         assert await in_thread(client) == "again"
 

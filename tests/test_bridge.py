@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import gc
 import hashlib
 import logging
@@ -25,7 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVarTuple
 
 import pytest
 from websockets.client import ClientProtocol
@@ -45,6 +46,8 @@ from embedws.sync.bridge.inbox import new_batching_loop, wake_batch_for
 from embedws.sync.bridge.sends import send_from_thread
 
 from .conftest import MS, LogWaiter
+
+_Ts = TypeVarTuple("_Ts")
 
 #: How long something that must happen may take.
 WAIT = 5000 * MS
@@ -83,7 +86,10 @@ class CountingLoop(asyncio.SelectorEventLoop):
         self.wakeups = 0
 
     def call_soon_threadsafe(
-        self, callback: Callable[..., object], *args: Any, context: Any = None
+        self,
+        callback: Callable[[*_Ts], object],
+        *args: *_Ts,
+        context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
         self.wakeups += 1
         return super().call_soon_threadsafe(callback, *args, context=context)
@@ -198,7 +204,7 @@ class Peer:
                 self.protocol.receive_data(data)
             else:
                 self.protocol.receive_eof()
-            frames.extend(self.protocol.events_received())
+            frames.extend(e for e in self.protocol.events_received() if isinstance(e, Frame))
             if self.protocol.parser_exc is not None:
                 raise AssertionError(
                     f"the stream broke after {shown(frames)}: {self.protocol.parser_exc!r}"
@@ -248,11 +254,14 @@ class Pair:
     async def _attach(self, sock: socket.socket) -> None:
         transport, _ = await self.loop.loop.connect_accepted_socket(asyncio.Protocol, sock)
         self.conn.set_consumer(self.inbox)
-        self.conn.attach(transport)  # type: ignore[arg-type]
+        self.conn.attach(transport)
 
     def reading(self) -> tuple[bool, bool]:
         """(the connection's ``reading_paused``, its transport's ``is_reading()``), on the loop."""
-        return self.loop.call(lambda: (self.conn.reading_paused, self.conn.transport.is_reading()))
+        state: tuple[bool, bool] = self.loop.call(
+            lambda: (self.conn.reading_paused, self.conn.transport.is_reading())
+        )
+        return state
 
     def write_buffer_size(self) -> int:
         return int(self.loop.call(self.conn.transport.get_write_buffer_size))

@@ -17,7 +17,7 @@ import pytest
 
 import embedws
 
-from .conftest import RawClient, add_handler, client, serving
+from .conftest import RawClient, add_handler, client, seconds, serving
 
 
 def make_app(kind: str = "thread", **config: Any) -> embedws.App:
@@ -48,17 +48,17 @@ def make_app(kind: str = "thread", **config: Any) -> embedws.App:
 
 def joined(url: str, **kwargs: Any) -> tuple[Any, int]:
     c = client(url, **kwargs)
-    info = json.loads(c.recv(timeout=5))
+    info = json.loads(c.recv(timeout=seconds(5)))
     return c, info["id"]
 
 
-def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+def wait_until(predicate: Any, timeout: float = seconds(5.0)) -> None:
     """For registry state that changes on the loop after a client acts."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+        time.sleep(seconds(0.005))
 
 
 def test_broadcast_from_another_thread_reaches_the_room_and_no_one_else(kind: str) -> None:
@@ -69,11 +69,11 @@ def test_broadcast_from_another_thread_reaches_the_room_and_no_one_else(kind: st
         result: list[int] = []
         thread = threading.Thread(target=lambda: result.append(app.room("a").broadcast("news")))
         thread.start()
-        thread.join(5)
+        thread.join(seconds(5))
         assert result == [3]
-        assert [c.recv(timeout=5) for c in members] == ["news"] * 3
+        assert [c.recv(timeout=seconds(5)) for c in members] == ["news"] * 3
         with pytest.raises(TimeoutError):
-            outsider.recv(timeout=0.2)
+            outsider.recv(timeout=seconds(0.2))
         for c in [*members, outsider]:
             c.close()
 
@@ -83,13 +83,13 @@ def test_exclude_one_or_several(kind: str) -> None:
     with serving(app) as server:
         (a, a_id), (b, b_id), (c, _) = (joined(server.url + "/room/x") for _ in range(3))
         a.send("from a")  # the handler broadcasts it to the room, excluding a
-        assert b.recv(timeout=5) == "from a" and c.recv(timeout=5) == "from a"
+        assert b.recv(timeout=seconds(5)) == "from a" and c.recv(timeout=seconds(5)) == "from a"
         ws_a, ws_b = app.connections.get(a_id), app.connections.get(b_id)
         assert app.room("x").broadcast("not a, not b", exclude=[ws_a, ws_b]) == 1
-        assert c.recv(timeout=5) == "not a, not b"
+        assert c.recv(timeout=seconds(5)) == "not a, not b"
         for other in (a, b):
             with pytest.raises(TimeoutError):
-                other.recv(timeout=0.1)
+                other.recv(timeout=seconds(0.1))
         for conn in (a, b, c):
             conn.close()
 
@@ -118,14 +118,14 @@ def test_mixed_sync_and_async_handlers_share_rooms() -> None:
     with serving(app) as server:
         clients = [client(server.url + f"/{kind}/shared") for kind in ("sync", "async", "greenlet")]
         for c in clients:
-            assert c.recv(timeout=5) == "joined"
+            assert c.recv(timeout=seconds(5)) == "joined"
         assert app.rooms == {"shared": 3}
         clients[0].send("hi")
-        assert clients[1].recv(timeout=5) == "sync says hi"
-        assert clients[2].recv(timeout=5) == "sync says hi"
+        assert clients[1].recv(timeout=seconds(5)) == "sync says hi"
+        assert clients[2].recv(timeout=seconds(5)) == "sync says hi"
         clients[1].send("yo")
-        assert clients[0].recv(timeout=5) == "async says yo"
-        assert clients[2].recv(timeout=5) == "async says yo"
+        assert clients[0].recv(timeout=seconds(5)) == "async says yo"
+        assert clients[2].recv(timeout=seconds(5)) == "async says yo"
         for c in clients:
             c.close()
 
@@ -150,9 +150,9 @@ def test_connections_view_rooms_and_ws_rooms() -> None:
         app.room("r2").discard(ws_a)  # twice is fine
         assert ws_a not in app.room("r2") and ws_a.rooms == frozenset({"r1"})
         assert app.broadcast("everyone") == 3
-        assert [c.recv(timeout=5) for c in (a, b, idle)] == ["everyone"] * 3
+        assert [c.recv(timeout=seconds(5)) for c in (a, b, idle)] == ["everyone"] * 3
         assert app.broadcast("rooms only", route="room", exclude=ws_a) == 1
-        assert b.recv(timeout=5) == "rooms only"
+        assert b.recv(timeout=seconds(5)) == "rooms only"
         for c in (a, b, idle):
             c.close()
         wait_until(lambda: len(app.connections) == 0)
@@ -180,7 +180,7 @@ def test_rooms_are_cleaned_up_on_disconnect(how: str) -> None:
             answering = threading.Thread(target=peer.events)  # answers the 1001
             answering.start()
             server.stop()
-            answering.join(5)
+            answering.join(seconds(5))
         wait_until(lambda: app.rooms == {} and len(app.connections) == 0)
         peer.close()
     finally:
@@ -201,11 +201,11 @@ def test_broadcast_encodings_and_compression() -> None:
         room.broadcast(iter(["frag", "ment"]))
         room.broadcast("z" * 10000)
         for c in (plain, deflated):
-            assert c.recv(timeout=5) == '{"k":"é"}'
-            assert c.recv(timeout=5) == b"\x00\x01"
-            assert c.recv(timeout=5) == b"s"
-            assert c.recv(timeout=5) == "fragment"
-            assert c.recv(timeout=5) == "z" * 10000
+            assert c.recv(timeout=seconds(5)) == '{"k":"é"}'
+            assert c.recv(timeout=seconds(5)) == b"\x00\x01"
+            assert c.recv(timeout=seconds(5)) == b"s"
+            assert c.recv(timeout=seconds(5)) == "fragment"
+            assert c.recv(timeout=seconds(5)) == "z" * 10000
         with pytest.raises(TypeError):
             room.broadcast(object())
         plain.close()
@@ -225,7 +225,7 @@ def test_broadcasts_and_sends_from_one_thread_keep_their_order() -> None:
         ws.wait_closed()
 
     with serving(app) as server, client(server.url + "/") as c:
-        assert ready.wait(5)
+        assert ready.wait(seconds(5))
 
         def mixed() -> None:
             for i in range(200):
@@ -236,8 +236,8 @@ def test_broadcasts_and_sends_from_one_thread_keep_their_order() -> None:
 
         thread = threading.Thread(target=mixed)
         thread.start()
-        got = [c.recv(timeout=5) for _ in range(200)]
-        thread.join(5)
+        got = [c.recv(timeout=seconds(5)) for _ in range(200)]
+        thread.join(seconds(5))
     assert got == [str(i) for i in range(200)]
 
 
@@ -251,9 +251,9 @@ def test_a_reader_that_stops_does_not_delay_the_others_and_is_dropped() -> None:
         started = time.monotonic()
         for _ in range(200):  # 13 MB: far more than the kernel's socket buffers
             app.room("busy").broadcast(payload)
-            assert fast.recv(timeout=5) == payload  # never held up by the slow one
-        assert time.monotonic() - started < 10
-        wait_until(lambda: app.rooms == {"busy": 1}, timeout=5)  # the slow one is gone
+            assert fast.recv(timeout=seconds(5)) == payload  # never held up by the slow one
+        assert time.monotonic() - started < seconds(10)
+        wait_until(lambda: app.rooms == {"busy": 1}, timeout=seconds(5))  # the slow one is gone
         fast.close()
         slow.close()
 
@@ -291,7 +291,7 @@ def test_random_joins_leaves_and_broadcasts_from_8_threads_stay_consistent() -> 
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(30)
+            thread.join(seconds(30))
         assert errors == []
         # Each room's members know they are in it, and nobody claims a room
         # that does not list them.
@@ -311,18 +311,20 @@ def test_random_joins_leaves_and_broadcasts_from_8_threads_stay_consistent() -> 
 # large broadcasts --------------------------------------------------------------------
 
 READERS = """
-import sys, threading
+import os, sys, threading
 from websockets.sync.client import connect
+
+FACTOR = float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))  # as the suite's MS
 
 url, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ready = threading.Barrier(4)
 results = []
 
 def read():
-    with connect(url, max_size=None, open_timeout=10) as ws:
-        ws.recv(timeout=10)  # joined
+    with connect(url, max_size=None, open_timeout=10 * FACTOR) as ws:
+        ws.recv(timeout=10 * FACTOR)  # joined
         ready.wait()
-        got = [ws.recv(timeout=30) for _ in range(count)]
+        got = [ws.recv(timeout=30 * FACTOR) for _ in range(count)]
         results.append(all(m == bytes([i]) * size for i, m in enumerate(got)))
 
 threads = [threading.Thread(target=read) for _ in range(3)]
@@ -360,7 +362,7 @@ def test_a_burst_of_large_broadcasts_reaches_readers_and_drops_only_the_one_that
             def sample() -> None:
                 while not sampling.is_set():
                     peak[0] = max(peak[0], process.memory_info().rss - before)
-                    sampling.wait(0.005)
+                    sampling.wait(seconds(0.005))
 
             sampler = threading.Thread(target=sample)
             sampler.start()
@@ -370,14 +372,14 @@ def test_a_burst_of_large_broadcasts_reaches_readers_and_drops_only_the_one_that
             try:
                 assert readers.stdout.readline().strip() == "whole and in order"
                 # The reader that stopped goes within the write timeout.
-                wait_until(lambda: app.connections.get(stuck_id) is None, timeout=10)
+                wait_until(lambda: app.connections.get(stuck_id) is None, timeout=seconds(10))
                 dropped_after = time.monotonic() - started
             finally:
                 sampling.set()
                 sampler.join()
                 readers.kill()
         stuck.close()
-    assert dropped_after < 2 + 3, dropped_after
+    assert dropped_after < 2 + seconds(3), dropped_after
     # The 20 MiB are held once, not once per recipient, and never past the cap.
     assert peak[0] < app.config.WEBSOCKET_MAX_BACKLOG, peak[0]
 
@@ -392,7 +394,7 @@ def test_a_reader_more_than_max_backlog_behind_is_dropped_at_once(logs: Any) -> 
         sent = 0
         while app.rooms == {"behind": 2}:
             app.room("behind").broadcast(payload)
-            assert fast.recv(timeout=5) == payload
+            assert fast.recv(timeout=seconds(5)) == payload
             sent += 1
             assert sent < 200, "the reader that stopped was never dropped"
         # Past 1 MiB and what the kernel holds, long before the 60 s write timeout.

@@ -19,7 +19,7 @@ import trustme
 import embedws
 from embedws.response import HTTPResponse, text
 
-from .conftest import ECHO_PROGRAM, MS, client, serving, status_of
+from .conftest import ECHO_PROGRAM, MS, client, seconds, serving, status_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,7 +85,7 @@ def test_a_client_is_served_while_idle_sockets_hold_every_descriptor(
         # More silent connections than the server has descriptors: it runs out
         # and the last ones wait in the listening socket's queue.
         for _ in range(200):
-            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=seconds(5)))
         started = time.monotonic()
         with client(f"{scheme}://127.0.0.1:{port}/", open_timeout=2000 * MS, **options) as ws:
             ws.send("served")
@@ -93,7 +93,7 @@ def test_a_client_is_served_while_idle_sockets_hold_every_descriptor(
         assert time.monotonic() - started < 2000 * MS
         process.stdin.write("\n")
         process.stdin.flush()
-        _out, err = process.communicate(timeout=20)
+        _out, err = process.communicate(timeout=seconds(20))
     finally:
         for sock in idle:
             sock.close()
@@ -114,12 +114,12 @@ def close_idle_http(server: embedws.sync.Server, count: int) -> int:
     async def call() -> int:
         return server.async_server.close_idle_http(count)
 
-    return asyncio.run_coroutine_threadsafe(call(), server.async_server.loop).result(5)
+    return asyncio.run_coroutine_threadsafe(call(), server.async_server.loop).result(seconds(5))
 
 
 def at_eof(sock: socket.socket) -> bool:
     """Whether the server closed ``sock`` (waits for the end of the stream, at most 5 s)."""
-    sock.settimeout(5)
+    sock.settimeout(seconds(5))
     try:
         return sock.recv(1) == b""
     except ConnectionResetError:
@@ -153,7 +153,7 @@ def test_closing_idle_http_connections_takes_the_longest_idle_first_never_a_busy
     @app.get("/slow")
     def slow(request: Any) -> HTTPResponse:
         entered.set()
-        release.wait(5)
+        release.wait(seconds(5))
         return text("slow")
 
     @app.websocket("/ws")
@@ -163,17 +163,17 @@ def test_closing_idle_http_connections_takes_the_longest_idle_first_never_a_busy
 
     with serving(app) as server:
         address = ("127.0.0.1", server.port)
-        busy = socket.create_connection(address, timeout=5)
+        busy = socket.create_connection(address, timeout=seconds(5))
         busy.sendall(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert entered.wait(5)
-        reading = socket.create_connection(address, timeout=5)
+        assert entered.wait(seconds(5))
+        reading = socket.create_connection(address, timeout=seconds(5))
         reading.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the head is not over
         ws = client(server.url + "/ws")
-        silent = socket.create_connection(address, timeout=5)  # idle since it connected
-        keep_alive = socket.create_connection(address, timeout=5)
+        silent = socket.create_connection(address, timeout=seconds(5))  # idle since it connected
+        keep_alive = socket.create_connection(address, timeout=seconds(5))
         keep_alive.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert keep_alive.recv(4096).endswith(b"hello")  # idle since its answer
-        newest = socket.create_connection(address, timeout=5)
+        newest = socket.create_connection(address, timeout=seconds(5))
         try:
             assert close_idle_http(server, 1) == 1
             assert at_eof(silent)
@@ -189,7 +189,7 @@ def test_closing_idle_http_connections_takes_the_longest_idle_first_never_a_busy
             reading.sendall(b"\r\n")
             assert reading.recv(4096).endswith(b"hello")
             ws.send("still here")
-            assert ws.recv(timeout=5) == "still here"
+            assert ws.recv(timeout=seconds(5)) == "still here"
         finally:
             release.set()
             ws.close()

@@ -15,7 +15,7 @@ import pytest
 
 import embedws
 
-from .conftest import MS, client, serving
+from .conftest import MS, client, seconds, serving
 
 
 def test_sync_handler_mode_greenlet_runs_every_sync_handler_on_the_loop() -> None:
@@ -35,7 +35,7 @@ def test_sync_handler_mode_greenlet_runs_every_sync_handler_on_the_loop() -> Non
     with serving(app) as server:
         for path in ("/default", "/thread"):
             with client(server.url + path) as c:
-                assert c.recv(timeout=5) == "ok"
+                assert c.recv(timeout=seconds(5)) == "ok"
     assert where[0] == ("embedws-loop", True)
     assert where[1][0].startswith("embedws-handler") and where[1][1] is False
 
@@ -45,7 +45,7 @@ def test_sleep_switches_so_greenlet_handlers_sleep_together() -> None:
 
     @app.websocket("/")
     def sleeper(request: Any, ws: Any) -> None:
-        ws.recv(timeout=5)
+        ws.recv(timeout=seconds(5))
         embedws.sync.sleep(300 * MS)
         ws.send("woke")
 
@@ -54,7 +54,7 @@ def test_sleep_switches_so_greenlet_handlers_sleep_together() -> None:
         started = time.monotonic()
         for c in clients:
             c.send("sleep")
-        assert [c.recv(timeout=5) for c in clients] == ["woke"] * 10
+        assert [c.recv(timeout=seconds(5)) for c in clients] == ["woke"] * 10
         elapsed = time.monotonic() - started
         for c in clients:
             c.close()
@@ -74,13 +74,13 @@ def test_a_greenlet_handler_that_blocks_the_loop_is_named_in_a_warning(logs: Any
 
     @app.websocket("/")
     def blocker(request: Any, ws: Any) -> None:
-        ws.recv(timeout=5)
-        time.sleep(0.2)  # the mistake the warning is for
+        ws.recv(timeout=seconds(5))
+        time.sleep(seconds(0.2))  # the mistake the warning is for
         ws.send("done")
 
     with serving(app) as server, client(server.url + "/") as c:
         c.send("go")
-        assert c.recv(timeout=5) == "done"
+        assert c.recv(timeout=seconds(5)) == "done"
     record = logs.wait_for("blocked the event loop")
     assert "blocker" in record.getMessage()
 
@@ -90,7 +90,7 @@ def test_a_greenlet_handler_crash_and_stop_behave_as_in_thread_mode(logs: Any) -
 
     @app.websocket("/")
     def crash(request: Any, ws: Any) -> None:
-        ws.recv(timeout=5)
+        ws.recv(timeout=seconds(5))
         raise RuntimeError("greenlet crash")
 
     from websockets.exceptions import ConnectionClosedError
@@ -98,7 +98,7 @@ def test_a_greenlet_handler_crash_and_stop_behave_as_in_thread_mode(logs: Any) -
     with serving(app) as server, client(server.url + "/") as c:
         c.send("crash now")
         with pytest.raises(ConnectionClosedError) as caught:
-            c.recv(timeout=5)
+            c.recv(timeout=seconds(5))
         assert caught.value.rcvd is not None and caught.value.rcvd.code == 1011
     assert "greenlet crash" in (logs.wait_for("raised; closing with 1011").exc_text or "")
 
@@ -118,8 +118,10 @@ def test_five_thousand_parked_greenlet_handlers_all_echo() -> None:
 
     script = textwrap.dedent(
         """
-        import asyncio, resource, sys
+        import asyncio, os, resource, sys
         from websockets.asyncio.client import connect
+
+        FACTOR = float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))  # as the suite's MS
 
         async def main():
             url, count = sys.argv[1], int(sys.argv[2])
@@ -127,7 +129,7 @@ def test_five_thousand_parked_greenlet_handlers_all_echo() -> None:
             sem = asyncio.Semaphore(200)
             async def open_one(i):
                 async with sem:
-                    return await connect(url, ping_interval=None, open_timeout=60,
+                    return await connect(url, ping_interval=None, open_timeout=60 * FACTOR,
                                          compression=None)
             conns = await asyncio.gather(*(open_one(i) for i in range(count)))
             print("open", flush=True)
@@ -163,7 +165,7 @@ def test_five_thousand_parked_greenlet_handlers_all_echo() -> None:
                     process.stdin.write("\n")
                     process.stdin.flush()
                     assert process.stdout.readline().strip() == str(count)
-                    process.wait(60)
+                    process.wait(seconds(60))
                 finally:
                     process.kill()
     finally:

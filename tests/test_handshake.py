@@ -22,6 +22,7 @@ from .conftest import (
     client,
     echo_handlers,
     raw_http,
+    seconds,
     serving,
     status_of,
     upgrade_request,
@@ -88,7 +89,7 @@ def test_non_get_upgrade_is_refused(server: Any) -> None:
 
 def test_upgrade_with_frames_in_the_same_packet(server: Any) -> None:
     frame = Frame(Opcode.TEXT, b"early").serialize(mask=True)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=seconds(5)) as sock:
         sock.sendall(upgrade_request("/ws") + frame)
         data = b""
         while b"early" not in data:
@@ -143,7 +144,7 @@ def test_loopback_origins_get_in_once_opted_in(origin: str) -> None:
     app.add_websocket_route(echo_handlers()[0], "/ws")
     with serving(app) as server, client(server.url + "/ws", origin=origin) as c:
         c.send("ok")
-        assert c.recv(timeout=5) == "ok"
+        assert c.recv(timeout=seconds(5)) == "ok"
     with serving(app) as server:
         assert rejected_status(server.url + "/ws", origin="http://evil.example") == 403
 
@@ -153,13 +154,13 @@ def test_the_pages_own_origin_gets_in_under_any_loopback_name(server: Any, host:
     # A page of http://localhost:PORT that opens ws://127.0.0.1:PORT: the same server.
     with client(server.url + "/ws", origin=f"http://{host}:{server.port}") as c:
         c.send("ok")
-        assert c.recv(timeout=5) == "ok"
+        assert c.recv(timeout=seconds(5)) == "ok"
 
 
 def test_a_client_without_origin_gets_in(server: Any) -> None:
     with client(server.url + "/ws") as c:  # the websockets client sends no Origin
         c.send("ok")
-        assert c.recv(timeout=5) == "ok"
+        assert c.recv(timeout=seconds(5)) == "ok"
 
 
 def test_same_origin_on_a_public_name_gets_in_and_others_do_not() -> None:
@@ -330,8 +331,8 @@ def test_on_request_middleware_rejects_the_handshake_and_feeds_ctx(kind: str) ->
         assert caught.value.response.status_code == 401
         assert caught.value.response.body == b"who are you?"
         with client(server.url + "/ws?token=secret") as c:
-            assert c.recv(timeout=5) == "alice"
-        assert done.wait(5)
+            assert c.recv(timeout=seconds(5)) == "alice"
+        assert done.wait(seconds(5))
     assert seen == ["alice"]
 
 
@@ -385,10 +386,13 @@ def test_past_max_connections_new_upgrades_get_503_and_others_keep_working(kind:
             assert rejected_status(server.url + "/ws") == 503
             first.send("still")
             second.send("here")
-            assert (first.recv(timeout=5), second.recv(timeout=5)) == ("still", "here")
+            assert (first.recv(timeout=seconds(5)), second.recv(timeout=seconds(5))) == (
+                "still",
+                "here",
+            )
         with client(server.url + "/ws") as again:  # room again once they left
             again.send("x")
-            assert again.recv(timeout=5) == "x"
+            assert again.recv(timeout=seconds(5)) == "x"
 
 
 def test_past_sync_handler_threads_new_upgrades_get_503() -> None:
@@ -401,11 +405,11 @@ def test_past_sync_handler_threads_new_upgrades_get_503() -> None:
             assert rejected_status(server.url + "/sync") == 503
             with client(server.url + "/async") as c:  # async handlers use no thread
                 c.send("async")
-                assert c.recv(timeout=5) == "async"
+                assert c.recv(timeout=seconds(5)) == "async"
             a.send("a")
-            assert a.recv(timeout=5) == "a"
+            assert a.recv(timeout=seconds(5)) == "a"
             b.send("b")
-            assert b.recv(timeout=5) == "b"
+            assert b.recv(timeout=seconds(5)) == "b"
 
 
 def test_random_key_handshake_bytes_on_the_wire(server: Any) -> None:

@@ -25,6 +25,7 @@ from .conftest import (
     echo_handlers,
     raw_frame,
     raw_http,
+    seconds,
     serving,
     status_of,
     time_stop_under_clients,
@@ -54,7 +55,7 @@ def test_a_one_megabyte_request_line_and_thousands_of_headers(echo_app: embedws.
         assert status_of(raw_http(server.port, request)) == 431
         with client(server.url + "/async") as c:  # still serving
             c.send("ok")
-            assert c.recv(timeout=5) == "ok"
+            assert c.recv(timeout=seconds(5)) == "ok"
 
 
 def test_an_upgrade_body_over_the_limit_and_odd_methods(echo_app: embedws.App) -> None:
@@ -78,14 +79,14 @@ def test_500_slowloris_clients_do_not_stop_a_normal_client(echo_app: embedws.App
         request = upgrade_request("/thread")
         slow = []
         for _ in range(500):
-            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=seconds(10))
             sock.sendall(request[:1])
             slow.append(sock)
         started = time.monotonic()
         for path in ("/thread", "/greenlet", "/async"):  # normal clients get in meanwhile
             with client(server.url + path) as c:
                 c.send("through")
-                assert c.recv(timeout=5) == "through"
+                assert c.recv(timeout=seconds(5)) == "through"
         for sock in slow:  # one more byte each, as slowloris does
             try:
                 sock.sendall(request[1:2])
@@ -98,7 +99,7 @@ def test_500_slowloris_clients_do_not_stop_a_normal_client(echo_app: embedws.App
                 dropped += 1
             sock.close()
         assert dropped == 500
-        assert time.monotonic() - started < 10
+        assert time.monotonic() - started < seconds(10)
 
 
 # slow readers ---------------------------------------------------------------------------
@@ -140,7 +141,7 @@ def test_a_slow_reader_costs_bounded_memory_and_is_dropped(kind: str) -> None:
     with serving(app) as server:
         before = process.memory_info().rss
         peers = [RawClient(server.port, rcvbuf=4096) for _ in range(peers_count)]
-        assert done.wait(10)  # every sender was released by its write timeout
+        assert done.wait(seconds(10))  # every sender was released by its write timeout
         grown = process.memory_info().rss - before
         for peer in peers:
             peer.close()
@@ -173,7 +174,7 @@ def test_a_ping_flood_that_never_reads_costs_bounded_memory(kind: str) -> None:
         except TimeoutError:
             pass  # the server stopped reading from a peer that does not read its pongs
         # The write timeout then drops it: the socket is reset or closed.
-        flooder.sock.settimeout(10)
+        flooder.sock.settimeout(seconds(10))
         with pytest.raises((ConnectionResetError, BrokenPipeError)):
             while True:
                 flooder.sock.sendall(pings)
@@ -201,15 +202,15 @@ def test_pipelined_requests_never_read_cost_bounded_memory(tmp_path: Any) -> Non
         sock.sendall(request * 200)  # 7.4 KB of requests: the kernel takes them all
         grown, started = 0, time.monotonic()
         # Until the write timeout has dropped it (the server's side of the socket is gone).
-        while server.async_server.connection_count() and time.monotonic() - started < 10:
+        while server.async_server.connection_count() and time.monotonic() - started < seconds(10):
             grown = max(grown, process.memory_info().rss - before)
-            time.sleep(0.01)  # sampling memory, not synchronising
+            time.sleep(seconds(0.01))  # sampling memory, not synchronising
         dropped_after = time.monotonic() - started
         sock.close()
-        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as other:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=seconds(5)) as other:
             other.sendall(request)  # the server serves others as before
             assert other.recv(12) == b"HTTP/1.1 200"
-    assert dropped_after < 1 + 3, dropped_after
+    assert dropped_after < 1 + seconds(3), dropped_after
     assert grown < 20 * 2**20, grown
 
 
@@ -231,14 +232,14 @@ def test_a_stuck_sync_handler_neither_blocks_others_nor_stop(logs: Any) -> None:
     server = app.start(port=0)
     try:
         stuck = client(server.url + "/spin")
-        assert spinning.wait(5)
+        assert spinning.wait(seconds(5))
         with client(server.url + "/echo") as c:
             for i in range(20):
                 c.send(str(i))
-                assert c.recv(timeout=5) == str(i)
+                assert c.recv(timeout=seconds(5)) == str(i)
         started = time.monotonic()
         server.stop()
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < seconds(5)
         record = logs.wait_for("abandoning handler thread")
         assert "spin" in record.getMessage()
     finally:
@@ -274,7 +275,7 @@ def run_churn(url: str, cycles: int, width: int = 20) -> None:
         [sys.executable, "-c", CHURN_CLIENT, url, str(cycles), str(width)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=seconds(120),
         check=False,  # the assertion below shows stderr
     )
     assert result.stdout.strip() == "done", result.stderr
@@ -302,14 +303,14 @@ def test_100_start_stop_cycles_do_not_leak(echo_app: embedws.App) -> None:
     process = psutil.Process()
     with serving(echo_app) as server, client(server.url + "/thread") as c:
         c.send("warm")
-        c.recv(timeout=5)
+        c.recv(timeout=seconds(5))
     threads, fds, rss = threading.active_count(), process.num_fds(), process.memory_info().rss
     for _ in range(100):
         with echo_app.serve(port=0) as server:
             for path in ("/thread", "/greenlet", "/async"):
                 with client(server.url + path) as c:
                     c.send("x")
-                    assert c.recv(timeout=5) == "x"
+                    assert c.recv(timeout=seconds(5)) == "x"
     assert threading.active_count() == threads
     assert process.num_fds() <= fds
     assert process.memory_info().rss - rss < 10 * 2**20
@@ -319,16 +320,18 @@ def test_100_start_stop_cycles_do_not_leak(echo_app: embedws.App) -> None:
 
 LOAD_CLIENT = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, os, sys
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
+
+    FACTOR = float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))  # as the suite's MS
 
     async def main():
         base, count = sys.argv[1], int(sys.argv[2])
         paths = ["/thread", "/greenlet", "/async"]
         opened, codes = [], []
         async def one(i):
-            async with connect(base + paths[i % 3], ping_interval=None, open_timeout=30,
+            async with connect(base + paths[i % 3], ping_interval=None, open_timeout=30 * FACTOR,
                                compression=None) as ws:
                 opened.append(i)
                 if len(opened) == count:
@@ -354,8 +357,12 @@ LOAD_CLIENT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_stop_while_1000_clients_are_mid_echo(echo_app: embedws.App) -> None:
-    server = echo_app.start(port=0, GRACEFUL_SHUTDOWN_TIMEOUT=5, WEBSOCKET_PING_INTERVAL=None)
-    elapsed, out, err = time_stop_under_clients(server, LOAD_CLIENT, 1000, ready="busy", timeout=30)
-    assert elapsed < 5, elapsed
+    server = echo_app.start(
+        port=0, GRACEFUL_SHUTDOWN_TIMEOUT=seconds(5), WEBSOCKET_PING_INTERVAL=None
+    )
+    elapsed, out, err = time_stop_under_clients(
+        server, LOAD_CLIENT, 1000, ready="busy", timeout=seconds(30)
+    )
+    assert elapsed < seconds(5), elapsed
     assert out.strip() == "[1001] 1000", err
     assert not [t for t in threading.enumerate() if t.name.startswith("embedws-handler")]

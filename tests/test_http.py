@@ -16,7 +16,7 @@ from embedws.errors import Forbidden, NotFound
 from embedws.response import HTTPResponse, empty, file, html, raw, redirect, text
 from embedws.response import json as json_response
 
-from .conftest import MS, raw_http, serving, status_of
+from .conftest import MS, raw_http, seconds, serving, status_of
 
 
 def make_app(**config: Any) -> embedws.App:
@@ -93,7 +93,14 @@ def server() -> Any:
 def get(
     port: int, path: str, method: str = "GET", body: bytes | None = None, **headers: str
 ) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    return get_with(port, path, headers, method, body)
+
+
+def get_with(
+    port: int, path: str, headers: dict[str, str], method: str = "GET", body: bytes | None = None
+) -> Any:
+    """`get` with headers whose names are not Python identifiers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=seconds(5))
     conn.request(method, path, body=body, headers=headers)
     response = conn.getresponse()
     data = response.read()
@@ -152,7 +159,7 @@ def test_response_helpers(server: Any, tmp_path: Path) -> None:
 
 
 def test_headers_cookies_and_request_properties(server: Any) -> None:
-    conn = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    conn = socket.create_connection(("127.0.0.1", server.port), timeout=seconds(5))
     conn.sendall(
         b"GET /headers?x=1 HTTP/1.1\r\nHost: localhost:1234\r\nX-Custom: v\r\n"
         b"X-Multi: a\r\nX-Multi: b\r\nCookie: session=abc; theme=dark\r\n"
@@ -176,16 +183,16 @@ def test_headers_cookies_and_request_properties(server: Any) -> None:
 def test_remote_addr_from_trusted_proxies() -> None:
     app = make_app(PROXIES_COUNT=1)
     with serving(app) as server:
-        _, body = get(server.port, "/headers", **{"X-Forwarded-For": "203.0.113.9"})
+        _, body = get_with(server.port, "/headers", {"X-Forwarded-For": "203.0.113.9"})
         assert json.loads(body)["remote_addr"] == "203.0.113.9"
     app = make_app(PROXIES_COUNT=1, REAL_IP_HEADER="X-Real-IP")
     with serving(app) as server:
-        _, body = get(server.port, "/headers", **{"X-Real-IP": "198.51.100.7"})
+        _, body = get_with(server.port, "/headers", {"X-Real-IP": "198.51.100.7"})
         assert json.loads(body)["remote_addr"] == "198.51.100.7"
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(server: Any) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=seconds(5))
     for _ in range(3):
         conn.request("GET", "/")
         response = conn.getresponse()
@@ -309,7 +316,7 @@ def test_garbage_is_400_and_the_server_keeps_serving(server: Any) -> None:
 
 def test_idle_keep_alive_connection_is_closed() -> None:
     with serving(make_app(KEEP_ALIVE_TIMEOUT=100 * MS)) as server:
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=seconds(5))
         sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         started = time.monotonic()
         data = b""
@@ -318,19 +325,19 @@ def test_idle_keep_alive_connection_is_closed() -> None:
         elapsed = time.monotonic() - started
         sock.close()
     assert status_of(data) == 200
-    assert 100 * MS <= elapsed < 3
+    assert 100 * MS <= elapsed < seconds(3)
 
 
 def test_slow_request_gets_408_and_a_silent_client_is_dropped() -> None:
     with serving(make_app(REQUEST_TIMEOUT=200 * MS)) as server:
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=seconds(5))
         sock.sendall(b"GET / HTTP/1.1\r\nHo")  # and nothing more
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
         sock.close()
         assert status_of(data) == 408
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=seconds(5))
         assert sock.recv(100) == b""  # closed without a word
         sock.close()
 
@@ -393,13 +400,13 @@ def test_host_routes() -> None:
 
 def test_past_max_connections_http_requests_get_503() -> None:
     with serving(make_app(MAX_CONNECTIONS=1)) as server:
-        holder = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        holder = http.client.HTTPConnection("127.0.0.1", server.port, timeout=seconds(5))
         holder.request("GET", "/")
         assert holder.getresponse().read() == b"<h1>hello</h1>"  # kept alive: 1 open
         response, _ = get(server.port, "/")
         assert response.status == 503
         holder.close()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + seconds(5)
         while get(server.port, "/")[0].status == 503:  # until the server saw the close
             assert time.monotonic() < deadline
 

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 import embedws
 from embedws.response import HTTPResponse, text
 
-from .conftest import ECHO_PROGRAM, add_handler, client, echo_handlers, serving
+from .conftest import ECHO_PROGRAM, add_handler, client, echo_handlers, seconds, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,7 +37,7 @@ def test_stop_sends_1001_to_every_open_websocket(kind: str) -> None:
         server.stop()
         for c in clients:
             with pytest.raises(ConnectionClosed) as caught:
-                c.recv(timeout=5)
+                c.recv(timeout=seconds(5))
             assert caught.value.rcvd is not None
             assert caught.value.rcvd.code == 1001
     finally:
@@ -56,7 +56,7 @@ def test_the_same_app_restarts_and_two_apps_run_at_once() -> None:
             for url in (a.url, b.url):
                 with client(url + "/") as c:
                     c.send("ping")
-                    assert c.recv(timeout=5) == "ping"
+                    assert c.recv(timeout=seconds(5)) == "ping"
 
 
 def test_start_stop_cycles_leave_no_threads_or_file_descriptors() -> None:
@@ -70,17 +70,17 @@ def test_start_stop_cycles_leave_no_threads_or_file_descriptors() -> None:
 
     with app.serve(port=0) as server, client(server.url + "/sync") as c:  # warm-up
         c.send("x")
-        c.recv(timeout=5)
+        c.recv(timeout=seconds(5))
     threads_before = {t.ident for t in threading.enumerate()}
     fds_before = fds()
     for _ in range(50):
         with app.serve(port=0) as server:
             with client(server.url + "/sync") as c:
                 c.send("x")
-                assert c.recv(timeout=5) == "x"
+                assert c.recv(timeout=seconds(5)) == "x"
             with client(server.url + "/async") as c:
                 c.send("y")
-                assert c.recv(timeout=5) == "y"
+                assert c.recv(timeout=seconds(5)) == "y"
     leftover = [t.name for t in threading.enumerate() if t.ident not in threads_before]
     assert leftover == []
     assert fds() <= fds_before
@@ -91,23 +91,23 @@ def test_stop_from_inside_a_handler(kind: str) -> None:
     holder: dict[str, Any] = {}
 
     def handler(request: Any, ws: Any) -> None:
-        ws.recv(timeout=5)
+        ws.recv(timeout=seconds(5))
         holder["server"].stop()  # returns at once: the shutdown goes on
-        ws.recv(timeout=5)  # woken by the 1001 close
+        ws.recv(timeout=seconds(5))  # woken by the 1001 close
 
     async def ahandler(request: Any, ws: Any) -> None:
-        await ws.recv(timeout=5)
+        await ws.recv(timeout=seconds(5))
         holder["server"].stop()
-        await ws.recv(timeout=5)
+        await ws.recv(timeout=seconds(5))
 
     add_handler(app, "/", kind, handler, ahandler)
     server = holder["server"] = app.start(port=0)
     with client(server.url + "/") as c:
         c.send("stop please")
         with pytest.raises(ConnectionClosed) as caught:
-            c.recv(timeout=5)
+            c.recv(timeout=seconds(5))
         assert caught.value.rcvd is not None and caught.value.rcvd.code == 1001
-    assert server.wait(timeout=10)
+    assert server.wait(timeout=seconds(10))
 
 
 def test_stop_from_a_listener() -> None:
@@ -119,7 +119,7 @@ def test_stop_from_a_listener() -> None:
         a.stop()  # from the loop thread, during start: schedules the stop
 
     server = holder["server"] = app.start(port=0)
-    assert server.wait(timeout=10)
+    assert server.wait(timeout=seconds(10))
     server.stop()
 
 
@@ -134,12 +134,12 @@ def test_blocking_calls_on_the_loop_thread_raise_instead_of_hanging() -> None:
     def sync_handler(request: Any, ws: Any) -> None:
         app.ctx.sync_ws = ws
         stored.set()
-        ws.recv(timeout=5)
+        ws.recv(timeout=seconds(5))
 
     @app.websocket("/async")
     async def async_handler(request: Any, ws: Any) -> None:
         sync_ws = app.ctx.sync_ws
-        for call in (lambda: sync_ws.recv(timeout=1), lambda: app.start(port=0)):
+        for call in (lambda: sync_ws.recv(timeout=seconds(1)), lambda: app.start(port=0)):
             try:
                 call()
             except RuntimeError as exc:
@@ -147,9 +147,9 @@ def test_blocking_calls_on_the_loop_thread_raise_instead_of_hanging() -> None:
         done.set()
 
     with serving(app) as server, client(server.url + "/sync") as holder:
-        assert stored.wait(5)  # the handler thread runs after the handshake
+        assert stored.wait(seconds(5))  # the handler thread runs after the handshake
         with client(server.url + "/async"):
-            assert done.wait(5)
+            assert done.wait(seconds(5))
         holder.send("release")
     assert len(results) == 2
     assert all("event loop thread" in message for message in results)
@@ -161,9 +161,9 @@ def test_run_from_another_thread_and_stop() -> None:
     app.after_server_start(lambda a: started.set())
     runner = threading.Thread(target=app.run, kwargs={"port": 0})
     runner.start()
-    assert started.wait(10)
+    assert started.wait(seconds(10))
     app.stop()
-    runner.join(10)
+    runner.join(seconds(10))
     assert not runner.is_alive()
 
 
@@ -171,10 +171,10 @@ def echo_then_going_away(url: str, end: Callable[[], object]) -> None:
     """Echo once on ``url``, call ``end``, and expect the server's close to be 1001."""
     with client(url) as c:
         c.send("hi")
-        assert c.recv(timeout=5) == "hi"
+        assert c.recv(timeout=seconds(5)) == "hi"
         end()
         with pytest.raises(ConnectionClosed) as caught:
-            c.recv(timeout=10)
+            c.recv(timeout=seconds(10))
         assert caught.value.rcvd is not None and caught.value.rcvd.code == 1001
 
 
@@ -223,7 +223,7 @@ def test_run_in_the_main_thread_stops_gracefully_on_a_signal(sig: signal.Signals
             process.kill()
             out, err = process.communicate()
             raise AssertionError(f"the program said {out!r}, {err!r}") from exc
-        out, err = process.communicate(timeout=10)
+        out, err = process.communicate(timeout=seconds(10))
     finally:
         process.kill()
         process.communicate()  # reaps it and closes the pipes
@@ -267,7 +267,7 @@ def test_a_signal_while_run_is_starting_stops_the_server_once_started(sig: signa
             # Then let the start finish. (Not with a second signal: one that
             # comes while the first is pending may go to another thread, and
             # the main thread would not see it while it waits.)
-            out, err = process.communicate("go on\n", timeout=10)
+            out, err = process.communicate("go on\n", timeout=seconds(10))
         finally:
             process.kill()
     assert out.split() == ["stopped", "returned"], err
@@ -315,7 +315,7 @@ def test_aio_serve_forever_ends_on_close() -> None:
                 await ws.wait_closed()
 
         poker = asyncio.create_task(poke())
-        await asyncio.wait_for(server.serve_forever(), 10)
+        await asyncio.wait_for(server.serve_forever(), seconds(10))
         await poker
         return "done"
 
@@ -336,14 +336,14 @@ def test_serving_on_a_unix_socket_and_on_a_given_socket() -> None:
             from websockets.sync.client import unix_connect
 
             with unix_connect(path, uri="ws://localhost/") as c:
-                assert c.recv(timeout=5) == "hello"
+                assert c.recv(timeout=seconds(5)) == "hello"
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     with app.serve(sock=sock) as server:
         assert server.port == port
         with client(f"ws://127.0.0.1:{port}/") as c:
-            assert c.recv(timeout=5) == "hello"
+            assert c.recv(timeout=seconds(5)) == "hello"
 
 
 def test_ipv6_and_host_lists() -> None:
@@ -362,7 +362,7 @@ def test_ipv6_and_host_lists() -> None:
     with server:
         assert server.url == f"ws://[::1]:{server.port}"
         with client(server.url + "/") as c:
-            assert c.recv(timeout=5) == "::1"
+            assert c.recv(timeout=seconds(5)) == "::1"
 
 
 @pytest.mark.parametrize("hosts", [["127.0.0.1", "::1"], ["::1", "127.0.0.1"]])
@@ -388,7 +388,7 @@ def test_a_host_list_with_port_0_listens_on_one_port(hosts: list[str]) -> None:
         assert server.url == server.urls[0]
         for address in ("127.0.0.1", "[::1]"):
             with client(f"ws://{address}:{server.port}/") as c:
-                assert c.recv(timeout=5) == address.strip("[]")
+                assert c.recv(timeout=seconds(5)) == address.strip("[]")
 
 
 def test_a_failing_before_server_start_listener_aborts_the_start() -> None:
@@ -421,17 +421,17 @@ def test_graceful_timeout_abandons_a_stuck_handler_with_a_warning(logs: Any) -> 
     @app.websocket("/")
     def stuck(request: Any, ws: Any) -> None:
         entered.set()
-        release.wait(10)  # ignores the connection entirely
+        release.wait(seconds(10))  # ignores the connection entirely
 
     server = app.start(port=0)
     c = client(server.url + "/")
-    assert entered.wait(5)
+    assert entered.wait(seconds(5))
     started = time.monotonic()
     server.stop()
     elapsed = time.monotonic() - started
     release.set()
     c.close()
-    assert elapsed < 3
+    assert elapsed < seconds(3)
     logs.wait_for("abandoning handler thread")
 
 
@@ -444,7 +444,7 @@ def test_stop_is_idempotent_and_safe_from_many_threads() -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(10)
+        thread.join(seconds(10))
     assert server.wait(0)
     server.stop()
 
@@ -499,11 +499,11 @@ def test_what_the_program_leaves_open_is_closed_with_1001_at_exit() -> None:
                 stdin.flush()
 
             echo_then_going_away(f"ws://127.0.0.1:{port}/", end_the_program)
-            out, err = process.communicate(timeout=20)
+            out, err = process.communicate(timeout=seconds(20))
         finally:
             process.kill()
             process.communicate()
-        assert outgoing_closed.wait(10)
+        assert outgoing_closed.wait(seconds(10))
         elsewhere.shutdown()
     assert out.split() == ["stopped"], err
     assert process.returncode == 0, err

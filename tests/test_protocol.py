@@ -13,7 +13,7 @@ from websockets.frames import Opcode
 
 import embedws
 
-from .conftest import RawClient, add_handler, echo_handlers, raw_frame, serving
+from .conftest import RawClient, add_handler, echo_handlers, raw_frame, seconds, serving
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 1, 2, 0, 8, 9, 10
 
@@ -101,7 +101,7 @@ def test_protocol_errors_close_with_the_right_code(
 def test_a_header_declaring_2_63_bytes_closes_1009_at_once(echo_server: Any) -> None:
     peer = RawClient(echo_server.port)
     peer.send_raw(bytes([0x82, 0x80 | 127]) + struct.pack("!Q", 2**63 - 1) + b"\x00" * 4)
-    assert peer.close_code(timeout=2) == 1009
+    assert peer.close_code(timeout=seconds(2)) == 1009
     peer.close()
 
 
@@ -109,7 +109,7 @@ def test_a_ping_flood_gets_its_pongs_and_the_connection_survives(echo_server: An
     peer = RawClient(echo_server.port)
     peer.send_raw(b"".join(raw_frame(PING, b"%d" % i) for i in range(2000)))
     peer.send_frame(TEXT, b"still alive")
-    pongs, texts_seen = 0, []
+    pongs, texts_seen = 0, list[Any]()
     while not texts_seen:
         frames = peer.events(until_close=False)
         assert frames
@@ -146,7 +146,7 @@ def test_a_reset_in_the_middle_of_a_message_wakes_the_handler(kind: str) -> None
             __import__("socket").SOL_SOCKET, __import__("socket").SO_LINGER, struct.pack("ii", 1, 0)
         )
         peer.close()  # RST
-        assert done.wait(5)
+        assert done.wait(seconds(5))
     assert outcome == [1006]
 
 
@@ -162,7 +162,7 @@ def test_many_tiny_fragments_within_the_limit_are_accepted(kind: str) -> None:
         peer.send_raw(b"".join(frames))
         received = b""
         while len(received) < count:
-            got = texts(peer.events(until_close=False, timeout=10))
+            got = texts(peer.events(until_close=False, timeout=seconds(10)))
             assert got
             received += b"".join(got)
         assert received == b"a" + b"b" * (count - 2) + b"c"

@@ -21,7 +21,7 @@ from embedws.response import json as json_response
 from embedws.routing import Route, check_path
 from embedws.security import host_allowed, origin_allowed, split_host
 
-from .conftest import client, raw_http, serving, status_of, upgrade_request
+from .conftest import client, raw_http, seconds, serving, status_of, upgrade_request
 
 
 def make_app() -> embedws.App:
@@ -98,7 +98,7 @@ def test_an_encoded_slash_never_reaches_a_parameter_that_is_not_a_path(server: A
     assert received(server.port, "/typed/%C3%A9t%C3%A9%20%E2%82%AC") == {"name": "été €"}
     assert received(server.port, "/re/a%25b") == {"code": "a%b"}
     with client(server.url + "/room/caf%C3%A9%20bar") as ws:
-        assert ws.recv(timeout=5) == "café bar"
+        assert ws.recv(timeout=seconds(5)) == "café bar"
 
 
 def test_a_path_parameter_never_receives_a_dot_dot_segment_or_nul(server: Any) -> None:

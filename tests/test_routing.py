@@ -12,7 +12,7 @@ import embedws
 from embedws.errors import MethodNotAllowed, NotFound, RouteError
 from embedws.routing import Route, Router
 
-from .conftest import client, serving
+from .conftest import client, seconds, serving
 
 
 def route(uri: str, **options: Any) -> Route:
@@ -160,10 +160,10 @@ def test_route_options_through_a_server() -> None:
     app.blueprint(bp)
     with serving(app) as server:
         with client(server.url + "/v1/room/7") as c:
-            assert c.recv(timeout=5) == '{"room":7,"type":"int","name":"room"}'
+            assert c.recv(timeout=seconds(5)) == '{"room":7,"type":"int","name":"room"}'
         assert calls == ["outer", "inner"]
         for path in ("/loose", "/loose/"):
             with client(server.url + path) as c:
-                assert c.recv(timeout=5) == "loose"
+                assert c.recv(timeout=seconds(5)) == "loose"
         with client(server.url + "/bp/sub") as c:
-            assert c.recv(timeout=5) == "bp.sub"
+            assert c.recv(timeout=seconds(5)) == "bp.sub"

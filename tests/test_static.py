@@ -239,11 +239,12 @@ def test_a_200_mib_download_costs_constant_memory_and_blocks_no_one(tmp_path: Pa
     process = psutil.Process()
     with serving(app) as server, client(server.url + "/ws") as probe:
         before = process.memory_info().rss
-        received = 0
+        received, took = 0, 0.0
         done = threading.Event()
 
         def download() -> None:
-            nonlocal received
+            nonlocal received, took
+            started = time.perf_counter()
             with socket.create_connection(("127.0.0.1", server.port), timeout=5000 * MS) as sock:
                 sock.sendall(
                     b"GET /files/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
@@ -254,6 +255,7 @@ def test_a_200_mib_download_costs_constant_memory_and_blocks_no_one(tmp_path: Pa
                     if not n:
                         break
                     received += n
+            took = time.perf_counter() - started
             done.set()
 
         thread = threading.Thread(target=download)
@@ -268,7 +270,10 @@ def test_a_200_mib_download_costs_constant_memory_and_blocks_no_one(tmp_path: Pa
         thread.join(30000 * MS)
     assert received > 200 * 2**20  # the file and the head
     assert grown < 10 * 2**20, grown
-    assert slowest < 50 * MS, slowest
+    # A loop held by the download would hold a round trip for much of it; a
+    # busy machine (a CPU hog on every core) slows both alike, so the bound
+    # grows with the download (a fixed 200 ms failed there at 240 ms).
+    assert slowest < max(50 * MS, took / 10), (slowest, took)
 
 
 def test_a_websocket_route_comes_before_a_static_catch_all(site: Path) -> None:

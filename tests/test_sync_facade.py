@@ -20,7 +20,15 @@ import embedws
 import embedws.switches
 from embedws.errors import WebsocketClosed
 
-from .conftest import MS, RawClient, client, echo_handlers, serving, time_stop_under_clients
+from .conftest import (
+    MS,
+    RawClient,
+    client,
+    echo_handlers,
+    seconds,
+    serving,
+    time_stop_under_clients,
+)
 
 SYNC_KINDS = ("thread", "greenlet")
 
@@ -46,13 +54,13 @@ def test_eight_threads_sending_on_one_websocket_never_interleave(sync_kind: str)
             ws.send(json.dumps({"t": index, "n": n, "pad": "x" * 5000}))
 
     with serving(app) as server, client(server.url + "/", max_size=None) as c:
-        assert ready.wait(5)
+        assert ready.wait(seconds(5))
         threads = [threading.Thread(target=sender, args=(holder["ws"], i)) for i in range(8)]
         for thread in threads:
             thread.start()
-        received = [json.loads(c.recv(timeout=10)) for _ in range(800)]
+        received = [json.loads(c.recv(timeout=seconds(10))) for _ in range(800)]
         for thread in threads:
-            thread.join(10)
+            thread.join(seconds(10))
     assert all(len(m["pad"]) == 5000 for m in received)
     for index in range(8):  # each thread's messages arrive whole and in order
         assert [m["n"] for m in received if m["t"] == index] == list(range(100))
@@ -81,16 +89,16 @@ def test_a_gui_thread_sends_while_the_handler_waits_in_recv(sync_kind: str) -> N
             ws.send(f"handler got {message}")
 
     with serving(app) as server, client(server.url + "/") as c:
-        assert ready.wait(5)
-        assert timed_out.wait(5)  # the handler loops on recv(timeout)
+        assert ready.wait(seconds(5))
+        assert timed_out.wait(seconds(5))  # the handler loops on recv(timeout)
         gui = threading.Thread(target=lambda: [holder["ws"].send(f"tick {i}") for i in range(5)])
         gui.start()
-        gui.join(5)
-        assert [c.recv(timeout=5) for _ in range(5)] == [f"tick {i}" for i in range(5)]
+        gui.join(seconds(5))
+        assert [c.recv(timeout=seconds(5)) for _ in range(5)] == [f"tick {i}" for i in range(5)]
         c.send("hello")
-        assert c.recv(timeout=5) == "handler got hello"
+        assert c.recv(timeout=seconds(5)) == "handler got hello"
         waiter = holder["ws"].ping()  # from this (non-handler) thread too
-        assert waiter.wait(5) is True
+        assert waiter.wait(seconds(5)) is True
     assert all(t >= 50 * MS * 0.9 for t in timeouts)
 
 
@@ -111,13 +119,13 @@ def test_another_thread_closes_a_websocket_whose_handler_waits_in_recv(sync_kind
         ended.set()
 
     with serving(app) as server, client(server.url + "/") as c:
-        assert ready.wait(5)
+        assert ready.wait(seconds(5))
         holder["ws"].close(4002, "from the GUI")  # blocks until closed
         assert holder["ws"].closed
         with pytest.raises(ConnectionClosed) as caught:
-            c.recv(timeout=5)
+            c.recv(timeout=seconds(5))
         assert caught.value.rcvd is not None and caught.value.rcvd.code == 4002
-        assert ended.wait(5)
+        assert ended.wait(seconds(5))
     assert outcome == [(4002, 4002)]
 
 
@@ -139,11 +147,11 @@ def test_a_slow_reader_blocks_the_sender_at_most_the_write_timeout(sync_kind: st
     with serving(app) as server:
         peer = RawClient(server.port)
         peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        assert done.wait(10)  # the peer never reads
+        assert done.wait(seconds(10))  # the peer never reads
         peer.close()
     [(sent_code, elapsed)] = outcome
     assert sent_code == 1011
-    assert elapsed < 5
+    assert elapsed < seconds(5)
 
 
 def test_logging_that_blocks_does_not_freeze_the_server(logs: Any) -> None:
@@ -160,7 +168,7 @@ def test_logging_that_blocks_does_not_freeze_the_server(logs: Any) -> None:
             # too (asyncio, the websockets client) and must not block.
             if record.name.startswith("embedws"):
                 self.entered.set()
-                self.unblock.wait(30)
+                self.unblock.wait(seconds(30))
             return True
 
         def emit(self, record: logging.LogRecord) -> None:
@@ -181,12 +189,12 @@ def test_logging_that_blocks_does_not_freeze_the_server(logs: Any) -> None:
             for _ in range(3):
                 with client(server.url + "/crash") as c:
                     with pytest.raises(ConnectionClosed):
-                        c.recv(timeout=5)
-            assert stuck.entered.wait(5)  # the log output is stuck now
+                        c.recv(timeout=seconds(5))
+            assert stuck.entered.wait(seconds(5))  # the log output is stuck now
             with client(server.url + "/") as c:
                 for i in range(20):
                     c.send(f"m{i}")
-                    assert c.recv(timeout=5) == f"m{i}"
+                    assert c.recv(timeout=seconds(5)) == f"m{i}"
             stuck.unblock.set()
     finally:
         stuck.unblock.set()
@@ -214,12 +222,14 @@ def test_stop_with_500_clients_is_quick_and_every_client_sees_1001() -> None:
     app.add_websocket_route(echo, "/greenlet", mode="greenlet")
     script = textwrap.dedent(
         """
-        import asyncio, sys
+        import asyncio, os, sys
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed
 
+        FACTOR = float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))  # as the suite's MS
+
         async def one(url, opened, codes):
-            async with connect(url, ping_interval=None, open_timeout=20) as ws:
+            async with connect(url, ping_interval=None, open_timeout=20 * FACTOR) as ws:
                 await ws.send("hi")
                 await ws.recv()
                 opened.append(1)
@@ -241,9 +251,11 @@ def test_stop_with_500_clients_is_quick_and_every_client_sees_1001() -> None:
         """
     )
     server = app.start(port=0)
-    elapsed, out, err = time_stop_under_clients(server, script, 500, ready="ready", timeout=20)
+    elapsed, out, err = time_stop_under_clients(
+        server, script, 500, ready="ready", timeout=seconds(20)
+    )
     assert out.strip() == "[1001] 500", err
-    assert elapsed < 2, elapsed
+    assert elapsed < seconds(2), elapsed
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
@@ -261,7 +273,7 @@ def test_handler_threads_run_with_sched_batch_unless_configured_off(batch: bool)
         ws.send(f"{os.sched_getscheduler(0)} {started[0]}")
 
     with serving(app) as server, client(server.url + "/") as c:
-        policy, child = map(int, c.recv(timeout=5).split())
+        policy, child = map(int, c.recv(timeout=seconds(5)).split())
     # The switch (EMBEDWS_SCHED_BATCH, or EMBEDWS_FAST_PATHS=0) turns it off for all.
     expected = os.SCHED_BATCH if batch and embedws.switches.SCHED_BATCH else host_policy
     assert (policy, child) == (expected, expected)  # threads a handler starts inherit it
@@ -298,14 +310,14 @@ def test_no_frame_splits_a_message_the_socket_took_only_in_part(sync_kind: str) 
     parts: list[str] = []
     with serving(app) as server:
         raw = RawClient(server.port, "/")
-        assert ready.wait(5)
+        assert ready.wait(seconds(5))
         threads = [threading.Thread(target=noise) for _ in range(2)]
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + seconds(20)
         while len(texts) < count + 800 and time.monotonic() < deadline:
             raw.send_frame(Opcode.PING.value, b"p")  # answered by the loop
-            for frame in raw.events(until_close=False, timeout=5):
+            for frame in raw.events(until_close=False, timeout=seconds(5)):
                 assert frame.opcode in (Opcode.TEXT, Opcode.CONT, Opcode.PONG), frame
                 if frame.opcode is not Opcode.PONG:
                     parts.append(frame.data.decode())
@@ -313,7 +325,7 @@ def test_no_frame_splits_a_message_the_socket_took_only_in_part(sync_kind: str) 
                         texts.append("".join(parts))
                         parts.clear()
         for thread in threads:
-            thread.join(5)
+            thread.join(seconds(5))
         raw.close()
     big = [text for text in texts if not text.startswith("b")]
     assert [text[:6] for text in big] == [f"{i:06d}" for i in range(count)]
@@ -344,7 +356,7 @@ def test_a_handler_writing_as_its_connection_goes_never_reaches_the_next_one() -
             for i, raw in enumerate(clients):
                 texts: list[str] = []
                 while len(texts) < 20:
-                    frames = raw.events(until_close=False, timeout=5)
+                    frames = raw.events(until_close=False, timeout=seconds(5))
                     assert frames, "no message came"
                     texts += [f.data.decode() for f in frames if f.opcode is Opcode.TEXT]
                 assert set(texts) == {f"c{round_}-{i}"}

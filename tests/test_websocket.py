@@ -22,13 +22,13 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Conne
 import embedws
 from embedws.errors import ConcurrencyError, WebsocketClosed
 
-from .conftest import MS, add_handler, client, serving
+from .conftest import MS, add_handler, client, seconds, serving
 
 
 def _decode(cmd: dict[str, Any], key: str = "data") -> Any:
     value = cmd.get(key)
     if cmd.get("b64"):
-        return base64.b64decode(value)
+        return base64.b64decode(str(value))
     return value
 
 
@@ -75,7 +75,7 @@ def sync_remote(request: Any, ws: Any) -> None:
                 result = _recv_twice_sync(ws)
             elif op == "ping":
                 waiter = ws.ping(cmd.get("data"))
-                ok = waiter.wait(timeout=5)
+                ok = waiter.wait(timeout=seconds(5))
                 result = {"pong": ok, "latency": ws.latency}
             elif op == "pong":
                 ws.pong(cmd.get("data", ""))
@@ -104,20 +104,20 @@ def _recv_twice_sync(ws: Any) -> dict[str, Any]:
     outcome: list[Any] = []
 
     def other() -> None:
-        outcome.append(_describe(ws.recv(timeout=5)))
+        outcome.append(_describe(ws.recv(timeout=seconds(5))))
 
     thread = threading.Thread(target=other)
     thread.start()
     while not ws._recv_lock.locked():  # until the other thread is inside recv
         time.sleep(0)
     try:
-        ws.recv(timeout=2)
+        ws.recv(timeout=seconds(2))
         second = []
     except ConcurrencyError:
         second = ["ConcurrencyError"]
     ws.send({"ready": True})
     while thread.is_alive():  # a greenlet handler must not block the loop: switch
-        embedws.sync.sleep(0.001)
+        embedws.sync.sleep(seconds(0.001))
     return {"first": outcome[0], "second": second}
 
 
@@ -141,10 +141,10 @@ async def async_remote(request: Any, ws: Any) -> None:
             if op == "recv":
                 result = _describe(await ws.recv(timeout=cmd.get("timeout")))
             elif op == "recv_twice":
-                task = asyncio.ensure_future(ws.recv(timeout=5))
+                task = asyncio.ensure_future(ws.recv(timeout=seconds(5)))
                 await asyncio.sleep(0)  # the task is now waiting in recv
                 try:
-                    await ws.recv(timeout=2)
+                    await ws.recv(timeout=seconds(2))
                     second = []
                 except ConcurrencyError:
                     second = ["ConcurrencyError"]
@@ -153,7 +153,7 @@ async def async_remote(request: Any, ws: Any) -> None:
                 result = {"first": first, "second": second}
             elif op == "ping":
                 waiter = await ws.ping(cmd.get("data"))
-                latency = await asyncio.wait_for(waiter, 5)
+                latency = await asyncio.wait_for(waiter, seconds(5))
                 result = {"pong": latency >= 0, "latency": ws.latency}
             elif op == "pong":
                 await ws.pong(cmd.get("data", ""))
@@ -186,7 +186,7 @@ def remote(kind: str) -> Iterator[Any]:
 
 def ask(conn: Any, **cmd: Any) -> Any:
     conn.send(json.dumps(cmd))
-    return json.loads(conn.recv(timeout=5))
+    return json.loads(conn.recv(timeout=seconds(5)))
 
 
 # send -----------------------------------------------------------------------
@@ -195,37 +195,37 @@ def ask(conn: Any, **cmd: Any) -> Any:
 def test_send_str_is_a_text_frame(remote: Any) -> None:
     with client(remote.url + "/remote") as c:
         c.send(json.dumps({"op": "send", "data": "héllo ☃"}))
-        assert c.recv(timeout=5) == "héllo ☃"
+        assert c.recv(timeout=seconds(5)) == "héllo ☃"
 
 
 def test_send_bytes_is_a_binary_frame(remote: Any) -> None:
     with client(remote.url + "/remote") as c:
         payload = bytes(range(256))
         c.send(json.dumps({"op": "send", "data": base64.b64encode(payload).decode(), "b64": True}))
-        assert c.recv(timeout=5) == payload
+        assert c.recv(timeout=seconds(5)) == payload
 
 
 def test_send_dict_list_tuple_is_json_text(remote: Any) -> None:
     with client(remote.url + "/remote") as c:
         c.send(json.dumps({"op": "send", "data": {"a": [1, "é"]}}))
-        assert json.loads(c.recv(timeout=5)) == {"a": [1, "é"]}
+        assert json.loads(c.recv(timeout=seconds(5))) == {"a": [1, "é"]}
         c.send(json.dumps({"op": "send", "data": [1, 2, 3]}))
-        message = c.recv(timeout=5)
+        message = c.recv(timeout=seconds(5))
         assert isinstance(message, str) and json.loads(message) == [1, 2, 3]
 
 
 def test_send_with_json_encoding_encodes_anything(remote: Any) -> None:
     with client(remote.url + "/remote") as c:
         c.send(json.dumps({"op": "send", "data": "text", "encoding": "json"}))
-        assert c.recv(timeout=5) == '"text"'
+        assert c.recv(timeout=seconds(5)) == '"text"'
         c.send(json.dumps({"op": "send", "data": 42, "encoding": "json"}))
-        assert c.recv(timeout=5) == "42"
+        assert c.recv(timeout=seconds(5)) == "42"
 
 
 def test_send_str_with_bytes_encoding_is_utf8_binary(remote: Any) -> None:
     with client(remote.url + "/remote") as c:
         c.send(json.dumps({"op": "send", "data": "é", "encoding": "bytes"}))
-        assert c.recv(timeout=5) == "é".encode()
+        assert c.recv(timeout=seconds(5)) == "é".encode()
 
 
 def test_send_iterable_is_one_fragmented_message(remote: Any) -> None:
@@ -259,10 +259,12 @@ def test_recv_returns_str_for_text_and_bytes_for_binary(remote: Any) -> None:
     with client(remote.url + "/remote") as c:
         c.send(json.dumps({"op": "recv", "timeout": 5}))
         c.send("plain text")
-        assert json.loads(c.recv(timeout=5)) == {"str": "plain text"}
+        assert json.loads(c.recv(timeout=seconds(5))) == {"str": "plain text"}
         c.send(json.dumps({"op": "recv", "timeout": 5}))
         c.send(b"\x00\xff")
-        assert json.loads(c.recv(timeout=5)) == {"bytes": base64.b64encode(b"\x00\xff").decode()}
+        assert json.loads(c.recv(timeout=seconds(5))) == {
+            "bytes": base64.b64encode(b"\x00\xff").decode()
+        }
 
 
 def test_recv_timeout_raises_timeout_error_and_loses_nothing(remote: Any) -> None:
@@ -273,7 +275,7 @@ def test_recv_timeout_raises_timeout_error_and_loses_nothing(remote: Any) -> Non
         # A message arriving after a timeout is still delivered to the next recv.
         c.send(json.dumps({"op": "recv", "timeout": 5}))
         c.send("after the timeout")
-        assert json.loads(c.recv(timeout=5)) == {"str": "after the timeout"}
+        assert json.loads(c.recv(timeout=seconds(5))) == {"str": "after the timeout"}
 
 
 def test_recv_with_zero_timeout_only_returns_a_message_already_there(remote: Any) -> None:
@@ -281,15 +283,15 @@ def test_recv_with_zero_timeout_only_returns_a_message_already_there(remote: Any
         assert ask(c, op="recv", timeout=0)["error"] == "TimeoutError"
         c.send(json.dumps({"op": "recv", "timeout": 5}))
         c.send("one")
-        assert json.loads(c.recv(timeout=5)) == {"str": "one"}
+        assert json.loads(c.recv(timeout=seconds(5))) == {"str": "one"}
 
 
 def test_two_concurrent_recv_raise_concurrency_error(remote: Any) -> None:
     with client(remote.url + "/remote") as c:
         c.send(json.dumps({"op": "recv_twice"}))
-        assert json.loads(c.recv(timeout=5)) == {"ready": True}
+        assert json.loads(c.recv(timeout=seconds(5))) == {"ready": True}
         c.send("for the first")
-        answer = json.loads(c.recv(timeout=5))
+        answer = json.loads(c.recv(timeout=seconds(5)))
         assert answer["second"] == ["ConcurrencyError"]
         assert answer["first"] == {"str": "for the first"}
 
@@ -317,7 +319,7 @@ def test_iteration_ends_quietly_when_the_client_closes(kind: str) -> None:
             c.send("a")
             c.send(b"b")
             c.close(4000, "bye")
-        assert ended.wait(5)
+        assert ended.wait(seconds(5))
     assert seen == ["a", b"b", ("code", 4000, "bye")]
 
 
@@ -354,7 +356,7 @@ def test_bursts_on_many_connections_arrive_whole_and_in_order_before_the_close(
         for peer in peers:
             peer.close(4001)
         for _ in range(connections):
-            assert done.acquire(timeout=10)
+            assert done.acquire(timeout=seconds(10))
     expected = [str(i) for i in range(count)] + [4001]
     assert sorted(seen) == sorted(str(n) for n in range(connections))
     assert all(got == expected for got in seen.values())
@@ -367,7 +369,7 @@ def test_ping_waits_for_the_pong_and_measures_latency(remote: Any) -> None:
     with client(remote.url + "/remote") as c:
         answer = ask(c, op="ping")
         assert answer["pong"] is True
-        assert 0 < answer["latency"] < 5
+        assert 0 < answer["latency"] < seconds(5)
 
 
 def test_ping_with_payload_and_unsolicited_pong(remote: Any) -> None:
@@ -388,7 +390,7 @@ def test_handler_closes_with_code_and_reason(remote: Any) -> None:
     with client(remote.url + "/remote") as c:
         c.send(json.dumps({"op": "close", "code": 4001, "reason": "done here"}))
         with pytest.raises(ConnectionClosed) as caught:
-            c.recv(timeout=5)
+            c.recv(timeout=seconds(5))
         assert caught.value.rcvd is not None
         assert (caught.value.rcvd.code, caught.value.rcvd.reason) == (4001, "done here")
 
@@ -397,7 +399,7 @@ def test_handler_return_closes_with_1000(remote: Any) -> None:
     with client(remote.url + "/remote") as c:
         c.send(json.dumps({"op": "return"}))
         with pytest.raises(ConnectionClosedOK) as caught:
-            c.recv(timeout=5)
+            c.recv(timeout=seconds(5))
         assert caught.value.rcvd is not None and caught.value.rcvd.code == 1000
 
 
@@ -407,7 +409,7 @@ def test_handler_crash_closes_with_1011_logs_and_others_keep_working(
     with client(remote.url + "/remote") as other, client(remote.url + "/remote") as c:
         c.send(json.dumps({"op": "raise"}))
         with pytest.raises(ConnectionClosedError) as caught:
-            c.recv(timeout=5)
+            c.recv(timeout=seconds(5))
         assert caught.value.rcvd is not None and caught.value.rcvd.code == 1011
         record = logs.wait_for("raised; closing with 1011")
         assert "the handler crashed on purpose" in (record.exc_text or "")
@@ -418,7 +420,7 @@ def test_websocket_closed_escaping_a_handler_is_a_normal_end(remote: Any, logs: 
     with client(remote.url + "/remote") as c:
         c.send(json.dumps({"op": "closed_error"}))
         with pytest.raises(ConnectionClosedOK):
-            c.recv(timeout=5)
+            c.recv(timeout=seconds(5))
     assert not [r for r in logs.records if r.levelname == "ERROR"]
 
 
@@ -428,7 +430,7 @@ def test_close_code_and_reason_reach_the_handler(kind: str) -> None:
 
     def handler(request: Any, ws: Any) -> None:
         with pytest.raises(WebsocketClosed) as caught:
-            ws.recv(timeout=5)
+            ws.recv(timeout=seconds(5))
         result.append((ws.close_code, ws.close_reason, caught.value.code, caught.value.reason))
         result.append((ws.closed, ws.open, ws.server_state.name, ws.client_state.name))
         result.append(type(caught.value).__name__)
@@ -436,7 +438,7 @@ def test_close_code_and_reason_reach_the_handler(kind: str) -> None:
 
     async def ahandler(request: Any, ws: Any) -> None:
         with pytest.raises(WebsocketClosed) as caught:
-            await ws.recv(timeout=5)
+            await ws.recv(timeout=seconds(5))
         result.append((ws.close_code, ws.close_reason, caught.value.code, caught.value.reason))
         result.append((ws.closed, ws.open, ws.server_state.name, ws.client_state.name))
         result.append(type(caught.value).__name__)
@@ -447,7 +449,7 @@ def test_close_code_and_reason_reach_the_handler(kind: str) -> None:
     with serving(app) as server:
         with client(server.url + "/") as c:
             c.close(1001, "going")
-        assert done.wait(5)
+        assert done.wait(seconds(5))
     assert result == [
         (1001, "going", 1001, "going"),
         (True, False, "CLOSED", "CLOSED"),
@@ -478,7 +480,7 @@ def test_abrupt_disconnect_gives_1006_and_wakes_recv(kind: str) -> None:
     with serving(app) as server:
         c = client(server.url + "/")
         c.socket.close()  # no closing handshake
-        assert done.wait(5)
+        assert done.wait(seconds(5))
     assert result == [(1006, 1006, "ConnectionClosedError")]
 
 
@@ -508,8 +510,8 @@ def test_send_after_close_raises_websocket_closed(kind: str) -> None:
     add_handler(app, "/", kind, handler, ahandler)
     with serving(app) as server:
         with client(server.url + "/") as c, pytest.raises(ConnectionClosedOK):
-            c.recv(timeout=5)
-        assert done.wait(5)
+            c.recv(timeout=seconds(5))
+        assert done.wait(seconds(5))
     assert result == [1000]
 
 
@@ -520,21 +522,21 @@ def test_wait_closed_times_out_while_open(kind: str) -> None:
     def handler(request: Any, ws: Any) -> None:
         result.append(ws.wait_closed(timeout=50 * MS))
         ws.send("waited")
-        result.append(ws.wait_closed(timeout=5))
+        result.append(ws.wait_closed(timeout=seconds(5)))
         done.set()
 
     async def ahandler(request: Any, ws: Any) -> None:
         result.append(await ws.wait_closed(timeout=50 * MS))
         await ws.send("waited")
-        result.append(await ws.wait_closed(timeout=5))
+        result.append(await ws.wait_closed(timeout=seconds(5)))
         done.set()
 
     app = embedws.App("wait")
     add_handler(app, "/", kind, handler, ahandler)
     with serving(app) as server:
         with client(server.url + "/") as c:
-            assert c.recv(timeout=5) == "waited"
-        assert done.wait(5)
+            assert c.recv(timeout=seconds(5)) == "waited"
+        assert done.wait(seconds(5))
     assert result == [False, True]
 
 
@@ -586,8 +588,8 @@ def test_server_state_is_closing_once_the_server_sent_close(kind: str) -> None:
     add_handler(app, "/", kind, handler, ahandler)
     with serving(app) as server:
         with client(server.url + "/") as c, pytest.raises(ConnectionClosedOK):
-            c.recv(timeout=5)
-        assert done.wait(5)
+            c.recv(timeout=seconds(5))
+        assert done.wait(seconds(5))
     assert states[-1] == ("CLOSED", "CLOSED")
     if kind == "async":
         assert states[0] == ("CLOSING", "OPEN")
@@ -605,10 +607,10 @@ def test_max_size_is_inclusive_and_bigger_closes_1009(kind: str, size: int) -> N
     with serving(app) as server:
         with client(server.url + "/") as c:
             c.send("x" * size)
-            assert c.recv(timeout=5) == "x" * size
+            assert c.recv(timeout=seconds(5)) == "x" * size
             c.send(b"y" * (size + 1))
             with pytest.raises(ConnectionClosedError) as caught:
-                c.recv(timeout=5)
+                c.recv(timeout=seconds(5))
             assert caught.value.rcvd is not None and caught.value.rcvd.code == 1009
 
 
@@ -621,7 +623,7 @@ def test_max_size_counts_all_fragments(kind: str) -> None:
         with pytest.raises(ConnectionClosedError) as caught:
             # the server may close before the last fragment is sent
             c.send(iter(["x" * 400, "x" * 400, "x" * 400]))
-            c.recv(timeout=5)
+            c.recv(timeout=seconds(5))
         assert caught.value.rcvd is not None and caught.value.rcvd.code == 1009
 
 
@@ -634,7 +636,7 @@ def test_compression_is_negotiated_when_enabled(kind: str) -> None:
         assert c.response is not None
         assert "permessage-deflate" in c.response.headers.get("Sec-WebSocket-Extensions", "")
         c.send("z" * 100_000)
-        assert c.recv(timeout=5) == "z" * 100_000
+        assert c.recv(timeout=seconds(5)) == "z" * 100_000
 
 
 def test_no_compression_by_default(remote: Any) -> None:
@@ -651,4 +653,4 @@ def test_large_messages_both_ways(kind: str) -> None:
     with serving(app) as server, client(server.url + "/", max_size=None) as c:
         payload = bytes(range(256)) * 16384  # 4 MiB
         c.send(payload)
-        assert c.recv(timeout=10) == payload
+        assert c.recv(timeout=seconds(10)) == payload

@@ -284,7 +284,13 @@ async def _attempt(
         for name, value in headers:
             request.headers[name] = value
         protocol.send_request(request)
-        conn.flush()
+        if protocol.eof_sent:
+            # The server closed before we wrote: its EOF was read while we
+            # connected (uvloop does so) and our end of the stream is written;
+            # nothing may follow it. The handshake fails as a closed connection.
+            protocol.data_to_send()
+        else:
+            conn.flush()
         try:
             response: WSResponse = await shield(loop, handshake)
         except OSError as exc:  # the connection ended before a response came

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -766,7 +767,9 @@ class Connection(asyncio.BufferedProtocol):
                 data = os.urandom(4)
         elif data in pings:
             raise ConcurrencyError("a ping with the same payload is waiting for its pong")
-        pings[data] = (waiter, self.loop.time())
+        # time.monotonic, not loop.time: uvloop's clock ticks in milliseconds
+        # (a loopback round trip measured 0.0 there).
+        pings[data] = (waiter, time.monotonic())
         protocol.send_ping(data)
         self.flush()
         return data
@@ -781,7 +784,7 @@ class Connection(asyncio.BufferedProtocol):
         pings = self._pings
         if not pings or data not in pings:
             return  # unsolicited pong
-        now = self.loop.time()
+        now = time.monotonic()
         acknowledged = []
         for ping_data, (waiter, sent_at) in pings.items():
             acknowledged.append(ping_data)

@@ -45,7 +45,7 @@ import email.utils
 import logging
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import h11
 from websockets.datastructures import Headers as WSHeaders
@@ -141,13 +141,14 @@ class HTTPConnection(asyncio.BufferedProtocol):
     # asyncio callbacks --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports implement the
+        # interface without deriving from asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = (str(peer[0]), int(peer[1]))
         if not self.server.track_http(self):
-            transport.abort()
+            self.transport.abort()
             return
         self._first_byte = self.server.loop.time()
         config = self.server.config

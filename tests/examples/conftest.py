@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import pytest
 
-from ..conftest import MS
+from ..conftest import MS, seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -224,7 +224,7 @@ class Program:
 def http_get(url: str) -> tuple[int, str, str]:
     """``(status, content type, body)`` of a GET (4xx and 5xx included)."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=seconds(5)) as response:
             return response.status, response.headers["content-type"], response.read().decode()
     except urllib.error.HTTPError as error:
         with error:
@@ -242,12 +242,14 @@ def program_args(form: str) -> list[str]:
     return ["--async"] if form == "async" else []
 
 
-def recv_json(ws: Any, timeout: float = 5.0) -> Any:
+def recv_json(ws: Any, timeout: float = seconds(5.0)) -> Any:
     """The next message of a websocket (embedws or ``websockets`` client), decoded."""
     return json.loads(ws.recv(timeout=timeout))
 
 
-def drain_until(ws: Any, kind: str, timeout: float = 5.0) -> tuple[dict[str, Any], list[Any]]:
+def drain_until(
+    ws: Any, kind: str, timeout: float = seconds(5.0)
+) -> tuple[dict[str, Any], list[Any]]:
     """Read messages until one of type ``kind``; return it and those before it."""
     before: list[Any] = []
     while True:

@@ -13,7 +13,7 @@ from websockets.exceptions import InvalidStatus as WebsocketsInvalidStatus
 import embedws
 from embedws.errors import InvalidStatus
 
-from ..conftest import LogWaiter, client, serving
+from ..conftest import LogWaiter, client, seconds, serving
 from .conftest import Program, http_get, load_example, recv_json
 
 
@@ -54,7 +54,7 @@ def test_missing_or_invalid_token_closes_with_1008(
         # Accepted, then closed by the handler with "policy violation".
         with server.connect(path, headers=headers) as ws:
             with pytest.raises(embedws.WebsocketClosed) as closed:
-                ws.recv(timeout=5)
+                ws.recv(timeout=seconds(5))
             assert closed.value.code == 1008
             assert closed.value.reason == "missing or invalid token"
 
@@ -63,7 +63,7 @@ def test_1008_seen_by_an_independent_client(form: str) -> None:
     with serving(make_app(form)) as server:
         ws = client(server.url + "/ws?token=wrong")
         with pytest.raises(ConnectionClosedError) as closed:
-            ws.recv(timeout=5)
+            ws.recv(timeout=seconds(5))
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 1008
 
@@ -143,16 +143,16 @@ def test_auth_program(program_args: list[str]) -> None:
             program.ws_url + "/ws", additional_headers={"Authorization": "Bearer bob-secret"}
         )
         try:
-            assert json.loads(ws.recv(timeout=5))["limit"] == 2
+            assert json.loads(ws.recv(timeout=seconds(5)))["limit"] == 2
             for text in ("one", "two", "three"):
                 ws.send(text)
-            answers = [json.loads(ws.recv(timeout=5)) for _ in range(3)]
+            answers = [json.loads(ws.recv(timeout=seconds(5))) for _ in range(3)]
             assert [a["type"] for a in answers] == ["echo", "echo", "error"]
         finally:
             ws.close()
         refused = client(program.ws_url + "/ws")
         with pytest.raises(ConnectionClosedError) as closed:
-            refused.recv(timeout=5)
+            refused.recv(timeout=seconds(5))
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         assert program.stop() == 0
 
@@ -199,7 +199,7 @@ def test_auth_middleware_program() -> None:
         assert refused.value.response.status_code == 401
         ws = client(program.ws_url + "/ws?token=alice-secret")
         try:
-            assert json.loads(ws.recv(timeout=5))["user"] == "alice"
+            assert json.loads(ws.recv(timeout=seconds(5)))["user"] == "alice"
         finally:
             ws.close()
         assert program.stop() == 0

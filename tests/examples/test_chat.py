@@ -11,7 +11,7 @@ import pytest
 import embedws
 from embedws.sync import Server
 
-from ..conftest import LogWaiter, client, serving
+from ..conftest import LogWaiter, client, seconds, serving
 from .conftest import Program, http_get, load_example, recv_json
 
 
@@ -106,6 +106,8 @@ def test_rooms_are_separate_and_listed(app: embedws.App, logs: LogWaiter) -> Non
         assert recv_json(alice)["type"] == "join"
         with server.connect("/ws/chat/blue") as carol:
             carol_id = recv_json(carol)["client_id"]
+            # A sync handler sends the welcome before it joins the room.
+            logs.wait_for(f"{carol_id} joined room blue")
             assert rooms(server) == {
                 "rooms": [{"name": "blue", "clients": 1}, {"name": "red", "clients": 2}],
                 "total_clients": 3,
@@ -135,10 +137,10 @@ def test_chat_program(program_args: list[str]) -> None:
             assert needle in page
         ws = client(program.ws_url + "/ws/chat/lobby")  # the `websockets` client
         try:
-            welcome = json.loads(ws.recv(timeout=5))
+            welcome = json.loads(ws.recv(timeout=seconds(5)))
             assert welcome["type"] == "welcome"
             ws.send(json.dumps({"type": "chat", "text": "hi"}))
-            assert json.loads(ws.recv(timeout=5))["text"] == "hi"
+            assert json.loads(ws.recv(timeout=seconds(5)))["text"] == "hi"
             assert json.loads(http_get(program.http_url + "/api/rooms")[2])["total_clients"] == 1
         finally:
             ws.close()

@@ -20,6 +20,7 @@ import pytest
 
 from embedws.sync import connect
 
+from ..conftest import seconds
 from .conftest import Program
 
 pytestmark = pytest.mark.gui
@@ -61,7 +62,7 @@ def xvfb() -> Iterator[str]:
             yield f":{number}"
         finally:
             server.terminate()
-            server.wait(10)
+            server.wait(seconds(10))
 
 
 def center(box: list[int]) -> list[str]:
@@ -71,7 +72,7 @@ def center(box: list[int]) -> list[str]:
 
 def xdotool(display: str, *args: str) -> None:
     subprocess.run(
-        ["xdotool", *args], env={**os.environ, "DISPLAY": display}, check=True, timeout=10
+        ["xdotool", *args], env={**os.environ, "DISPLAY": display}, check=True, timeout=seconds(10)
     )
 
 
@@ -90,7 +91,7 @@ def talk_to_window(
 
         type_and_send("hello from the GUI")
         assert app.event("sent", text="hello from the GUI")["recipients"] == 1
-        assert ws.recv(timeout=5) == "hello from the GUI"
+        assert ws.recv(timeout=seconds(5)) == "hello from the GUI"
 
         app.command(cmd="state")
         state = app.event("state")

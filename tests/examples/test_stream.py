@@ -8,7 +8,7 @@ import pytest
 
 import embedws
 
-from ..conftest import MS, client, serving
+from ..conftest import MS, client, seconds, serving
 from .conftest import Program, drain_until, load_example, recv_json
 
 #: A fast tick, so a test sees several readings in a fraction of a second.
@@ -73,10 +73,10 @@ def test_stream_program(program_args: list[str]) -> None:
     with Program("stream", *program_args, "--interval", str(INTERVAL)) as program:
         ws = client(program.ws_url + "/ws/stream")  # the `websockets` client
         try:
-            assert json.loads(ws.recv(timeout=5))["type"] == "connected"
-            assert json.loads(ws.recv(timeout=5))["type"] == "data"
+            assert json.loads(ws.recv(timeout=seconds(5)))["type"] == "connected"
+            assert json.loads(ws.recv(timeout=seconds(5)))["type"] == "data"
             ws.send(json.dumps({"type": "ping"}))
-            while (message := json.loads(ws.recv(timeout=5)))["type"] != "pong":
+            while (message := json.loads(ws.recv(timeout=seconds(5))))["type"] != "pong":
                 assert message["type"] == "data"
         finally:
             ws.close()
