@@ -75,7 +75,15 @@ from ..message import Fragments, encode_message
 from .crossing import LoopClosed, crossing_for
 from .registry import Registry
 
-__all__ = ["AsyncEmitter", "RedisBroker", "check_mode", "envelope_for", "import_redis", "no_retry"]
+__all__ = [
+    "AsyncEmitter",
+    "EmitterCore",
+    "RedisBroker",
+    "check_mode",
+    "envelope_for",
+    "import_redis",
+    "no_retry",
+]
 
 logger = logging.getLogger("embedws.broker")
 
@@ -780,7 +788,43 @@ def _safe_url(url: str) -> str:
     return f"{scheme}{sep}{rest}"
 
 
-class AsyncEmitter:
+class EmitterCore:
+    """What both emitters share: the broker's envelope settings and one publish.
+
+    Thread contract: as the emitter's own.
+    """
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        codec: str,
+        max_message_size: int,
+        sharded: bool,
+        mode: str,
+        stream_maxlen: int,
+    ) -> None:
+        self._redis = import_redis()
+        self.prefix = prefix
+        self.codec: Codec = check_codec(codec)
+        self.max_message_size = max_message_size
+        self.sharded = sharded
+        self.mode = check_mode(mode, sharded)
+        self.stream_maxlen = stream_maxlen
+        self.node_id = new_node_id()
+        self._seq: dict[str, int] = {}
+
+    def publish_with(self, client: Any, channel: str, raw: bytes) -> Any:
+        """Publish ``raw`` on ``channel`` as the mode says: what ``client`` returns
+        (an awaitable for redis-py's asyncio client)."""
+        if self.mode == "streams":
+            return client.xadd(channel, {"e": raw}, maxlen=self.stream_maxlen, approximate=True)
+        if self.sharded:
+            return client.spublish(channel, raw)
+        return client.publish(channel, raw)
+
+
+class AsyncEmitter(EmitterCore):
     """Broadcast to an app's rooms from an asyncio program that serves nothing.
 
     ``emit = AsyncEmitter(url, prefix=...)``, then ``await emit.broadcast(data)``
@@ -804,17 +848,15 @@ class AsyncEmitter:
         stream_maxlen: int = 10_000,
         socket_timeout: float = 5.0,
     ) -> None:
-        redis = import_redis()
-        self._redis = redis
-        self.prefix = prefix
-        self.codec: Codec = check_codec(codec)
-        self.max_message_size = max_message_size
-        self.sharded = sharded
-        self.mode = check_mode(mode, sharded)
-        self.stream_maxlen = stream_maxlen
-        self.node_id = new_node_id()
-        self._seq: dict[str, int] = {}
-        self._client = redis.asyncio.Redis.from_url(
+        super().__init__(
+            prefix=prefix,
+            codec=codec,
+            max_message_size=max_message_size,
+            sharded=sharded,
+            mode=mode,
+            stream_maxlen=stream_maxlen,
+        )
+        self._client = self._redis.asyncio.Redis.from_url(
             url,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
@@ -845,14 +887,7 @@ class AsyncEmitter:
         error: Exception | None = None
         for _attempt in (1, 2):
             try:
-                if self.mode == "streams":
-                    await self._client.xadd(
-                        channel, {"e": raw}, maxlen=self.stream_maxlen, approximate=True
-                    )
-                elif self.sharded:
-                    await self._client.spublish(channel, raw)
-                else:
-                    await self._client.publish(channel, raw)
+                await self.publish_with(self._client, channel, raw)
                 return
             except (self._redis.RedisError, OSError) as exc:
                 error = exc

@@ -11,14 +11,14 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from ..aio.broker import check_mode, envelope_for, import_redis
-from ..broker import DEFAULT_MAX_MESSAGE_SIZE, Codec, check_codec, new_node_id
+from ..aio.broker import EmitterCore, envelope_for
+from ..broker import DEFAULT_MAX_MESSAGE_SIZE
 from ..errors import BrokerError
 
 __all__ = ["Emitter"]
 
 
-class Emitter:
+class Emitter(EmitterCore):
     """Broadcast to an app's connections and rooms in every process, from any program.
 
     ``emit = Emitter("redis://...", prefix="chat")``; ``emit.broadcast(data)``
@@ -45,22 +45,20 @@ class Emitter:
         stream_maxlen: int = 10_000,
         socket_timeout: float = 5.0,
     ) -> None:
-        redis = import_redis()
+        super().__init__(
+            prefix=prefix,
+            codec=codec,
+            max_message_size=max_message_size,
+            sharded=sharded,
+            mode=mode,
+            stream_maxlen=stream_maxlen,
+        )
         from redis.backoff import NoBackoff  # noqa: PLC0415 - optional
         from redis.retry import Retry  # noqa: PLC0415 - optional
 
-        self._redis = redis
-        self.prefix = prefix
-        self.codec: Codec = check_codec(codec)
-        self.max_message_size = max_message_size
-        self.sharded = sharded
-        self.mode = check_mode(mode, sharded)
-        self.stream_maxlen = stream_maxlen
-        self.node_id = new_node_id()
-        self._seq: dict[str, int] = {}
         # Guards _seq, so that the order on a channel is the order of the numbers.
         self._lock = threading.Lock()
-        self._client = redis.Redis.from_url(
+        self._client = self._redis.Redis.from_url(
             url,
             socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout,
@@ -92,14 +90,7 @@ class Emitter:
             error: Exception | None = None
             for _attempt in (1, 2):
                 try:
-                    if self.mode == "streams":
-                        self._client.xadd(
-                            channel, {"e": raw}, maxlen=self.stream_maxlen, approximate=True
-                        )
-                    elif self.sharded:
-                        self._client.spublish(channel, raw)
-                    else:
-                        self._client.publish(channel, raw)
+                    self.publish_with(self._client, channel, raw)
                     return
                 except (self._redis.RedisError, OSError) as exc:
                     error = exc
