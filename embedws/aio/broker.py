@@ -358,36 +358,28 @@ class RedisBroker:
             self._wake_publisher()
 
     def _wake_publisher(self) -> None:
-        loop, wake = self._loop, self._wake
-        if loop is None or wake is None:
-            return
-        try:
-            on_loop = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop:
-            wake.set()
-            return
-        try:
-            crossing_for(loop).call(wake.set)
-        except LoopClosed:  # the broker stopped with its loop
-            pass
+        self._set_on_loop(self._wake)
 
     def rooms_changed(self) -> None:
         """A room got its first local member or lost its last: (un)subscribe, on the loop."""
-        loop, dirty = self._loop, self._rooms_dirty
-        if loop is None or dirty is None:
-            return  # not running: the first session subscribes to the rooms there are
+        # Not running: the first session subscribes to the rooms there are.
+        self._set_on_loop(self._rooms_dirty)
+
+    def _set_on_loop(self, event: asyncio.Event | None) -> None:
+        """Set one of the broker's loop events from any thread; never blocks."""
+        loop = self._loop
+        if loop is None or event is None:
+            return
         try:
             on_loop = asyncio.get_running_loop() is loop
         except RuntimeError:
             on_loop = False
         if on_loop:
-            dirty.set()
+            event.set()
             return
         try:
-            crossing_for(loop).call(dirty.set)
-        except LoopClosed:
+            crossing_for(loop).call(event.set)
+        except LoopClosed:  # the broker stopped with its loop
             pass
 
     # Starting and stopping (on a server's loop) -------------------------------------------
