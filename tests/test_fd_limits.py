@@ -117,6 +117,17 @@ def close_idle_http(server: embedws.sync.Server, count: int) -> int:
     return asyncio.run_coroutine_threadsafe(call(), server.async_server.loop).result(seconds(5))
 
 
+def wait_for_connections(server: embedws.sync.Server, count: int) -> None:
+    """Wait until the server has accepted ``count`` connections (a client's
+    ``connect()`` returns before the server's ``accept()``)."""
+
+    async def accepted() -> None:
+        while server.async_server.connection_count() < count:
+            await asyncio.sleep(0)
+
+    asyncio.run_coroutine_threadsafe(accepted(), server.async_server.loop).result(seconds(5))
+
+
 def at_eof(sock: socket.socket) -> bool:
     """Whether the server closed ``sock`` (waits for the end of the stream, at most 5 s)."""
     sock.settimeout(seconds(5))
@@ -161,7 +172,10 @@ def test_closing_idle_http_connections_takes_the_longest_idle_first_never_a_busy
         for message in ws:
             ws.send(message)
 
-    with serving(app) as server:
+    # No keep-alive timeout within the test: one that fired would close
+    # keep_alive on its own (it did once, on a loaded CI machine), and the
+    # second call would close newest instead.
+    with serving(app, KEEP_ALIVE_TIMEOUT=seconds(60)) as server:
         address = ("127.0.0.1", server.port)
         busy = socket.create_connection(address, timeout=seconds(5))
         busy.sendall(b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -174,6 +188,7 @@ def test_closing_idle_http_connections_takes_the_longest_idle_first_never_a_busy
         keep_alive.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert keep_alive.recv(4096).endswith(b"hello")  # idle since its answer
         newest = socket.create_connection(address, timeout=seconds(5))
+        wait_for_connections(server, 6)  # busy, reading, ws, silent, keep_alive, newest
         try:
             assert close_idle_http(server, 1) == 1
             assert at_eof(silent)
