@@ -67,6 +67,38 @@ def test_sleep_outside_a_greenlet_handler_just_sleeps() -> None:
     assert time.monotonic() - started >= 50 * MS
 
 
+def test_sleep_in_an_async_handler_raises_instead_of_stalling_the_loop() -> None:
+    app = embedws.App("async-sleeper")
+
+    @app.websocket("/")
+    async def sleeper(request: Any, ws: Any) -> None:
+        try:
+            embedws.sync.sleep(seconds(5))
+        except RuntimeError as exc:
+            await ws.send(f"refused: {exc}")
+
+    with serving(app) as server, client(server.url + "/") as c:
+        started = time.monotonic()
+        answer = c.recv(timeout=seconds(5))
+        assert time.monotonic() - started < seconds(1)
+    assert isinstance(answer, str)
+    assert answer.startswith("refused: embedws.sync.sleep() blocks")
+    assert "asyncio.sleep()" in answer
+
+
+def test_sleep_in_a_trio_task_raises() -> None:
+    trio = pytest.importorskip("trio")
+
+    async def main() -> str:
+        try:
+            embedws.sync.sleep(seconds(5))
+        except RuntimeError as exc:
+            return str(exc)
+        return "slept"
+
+    assert "trio.sleep()" in trio.run(main)
+
+
 def test_a_greenlet_handler_that_blocks_the_loop_is_named_in_a_warning(logs: Any) -> None:
     app = embedws.App(
         "blocker", config={"SYNC_HANDLER_MODE": "greenlet", "LOOP_BLOCK_WARNING": 0.05}

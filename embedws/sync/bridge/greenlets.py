@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +66,18 @@ def check_blocked() -> None:
             watch.name,
             ran * 1000,
         )
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread is running an asyncio loop or a trio run."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return True
+    trio = sys.modules.get("trio")  # never imported here: only a program that uses it has it
+    return trio is not None and bool(trio.lowlevel.in_trio_run())
 
 
 def _switch_to_loop(current: greenlet.greenlet) -> Any:
@@ -157,11 +170,22 @@ def park_until_closed(conn: Connection, inbox: Inbox, timeout: float | None) -> 
 def sleep(seconds: float) -> None:
     """Sleep; in a greenlet handler, switch to the loop meanwhile instead of blocking it.
 
-    Thread contract: any thread, and greenlet handlers on the loop thread; elsewhere on
-    an event loop thread it would block the loop like ``time.sleep``.
+    Thread contract: any thread, and greenlet handlers on the loop thread.
+
+    Raises:
+        RuntimeError: called where an event loop runs (an ``async def``
+            handler, a callback, a trio task) outside a greenlet handler: it
+            would stall every connection of that loop. Await the loop's own
+            sleep there.
     """
     current = greenlet.getcurrent()
     if current.parent is None:
+        if _in_event_loop():
+            raise RuntimeError(
+                "embedws.sync.sleep() blocks, and was called on a thread running an event "
+                "loop, where it would stall every connection; in async code await "
+                "asyncio.sleep() (or trio.sleep()) instead"
+            )
         time.sleep(seconds)
         return
     loop = asyncio.get_running_loop()
