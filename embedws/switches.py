@@ -16,6 +16,9 @@ path users on other platforms run).
 * ``EMBEDWS_FAST_UPGRADES``: the first request of a connection, when it is a
   whole plain upgrade, is parsed without h11 (``embedws/handshake.py``,
   ``parse_upgrade``; ``embedws/aio/http.py``).
+* ``EMBEDWS_FAST_ACCEPT``: listening sockets stay registered with the
+  selector, as under asyncio's own accept loop, rather than an accept loop on
+  ``sock_accept`` (``embedws/aio/acceptor.py``).
 * ``EMBEDWS_SCHED_BATCH``: handler threads use Linux's ``SCHED_BATCH``
   policy (``embedws/sync/runner.py``; the config key ``SYNC_HANDLER_SCHED_BATCH``
   turns it off for one app).
@@ -25,7 +28,14 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DIRECT_WRITES", "FAST_FRAMES", "FAST_UPGRADES", "SCHED_BATCH", "WAKE_BATCH"]
+__all__ = [
+    "DIRECT_WRITES",
+    "FAST_ACCEPT",
+    "FAST_FRAMES",
+    "FAST_UPGRADES",
+    "SCHED_BATCH",
+    "WAKE_BATCH",
+]
 
 
 def _on(name: str) -> bool:
@@ -38,3 +48,4 @@ WAKE_BATCH = _on("EMBEDWS_WAKE_BATCH")
 SCHED_BATCH = _on("EMBEDWS_SCHED_BATCH")
 FAST_FRAMES = _on("EMBEDWS_FAST_FRAMES")
 FAST_UPGRADES = _on("EMBEDWS_FAST_UPGRADES")
+FAST_ACCEPT = _on("EMBEDWS_FAST_ACCEPT")

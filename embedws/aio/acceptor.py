@@ -11,11 +11,14 @@ a server out of descriptors logged thousands of errors, and served nobody until
 its idle sockets timed out. That loop cannot be told "room was made, retry
 now", and filtering the exception handler would work only on the loops we
 create, not on an application's under ``aio.serve``. So asyncio still creates
-the listening sockets (``start_serving=False``), and an `Acceptor`
-accepts on them with two methods every event loop has: ``sock_accept`` and
-``connect_accepted_socket``. It works on a duplicate of each listening socket
-(``dup()`` is the public way to a socket that an ``asyncio.Server`` owns) and
-closes it with the server.
+the listening sockets (``start_serving=False``), and an `Acceptor` accepts
+on them: where the loop can watch a socket (``add_reader``: selector loops,
+uvloop) it accepts whenever one is readable, as asyncio's own loop does;
+elsewhere (the proactor loop on Windows, or ``EMBEDWS_FAST_ACCEPT=0``) it runs
+an accept loop on ``sock_accept``, which every event loop has. Either way
+``connect_accepted_socket`` serves what was accepted. It works on a duplicate
+of each listening socket (``dup()`` is the public way to a socket that an
+``asyncio.Server`` owns) and closes it with the server.
 
 The accept loops of one server (one per listening socket) share an
 `AcceptBackoff`. When ``accept()`` fails for lack of resources:
@@ -40,9 +43,10 @@ import logging
 import socket
 import ssl as ssl_module
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Protocol
 
+from ..switches import FAST_ACCEPT
 from .runtime import sleep
 
 if sys.platform != "win32":
@@ -241,11 +245,15 @@ class Acceptor:
         # Accepted, not served yet (in the TLS handshake): task -> loop time of the accept.
         self._connecting: dict[asyncio.Task[None], float] = {}
         self._sockets = [sock.dup() for sock in server.sockets]
-        self._accepting = []
+        # The accept loops (portable path), and the waits after a failure (watched path).
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watched: set[socket.socket] = set()
+        self._closed = False
         for sock in self._sockets:
             sock.setblocking(False)
             sock.listen(BACKLOG)  # what the asyncio.Server does when it starts serving
-            self._accepting.append(self._loop.create_task(self._accept(sock)))
+            if not (FAST_ACCEPT and self._watch(sock)):
+                self._start(self._accept(sock))
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -271,7 +279,10 @@ class Acceptor:
 
     def close(self) -> None:
         """Stop accepting and close the listening sockets."""
-        for task in self._accepting:
+        self._closed = True
+        for sock in list(self._watched):
+            self._unwatch(sock)
+        for task in self._tasks:
             task.cancel()
         # Closed after the cancelled accepts have stopped watching them (in
         # callbacks that the cancellations scheduled).
@@ -282,35 +293,98 @@ class Acceptor:
 
     async def wait_closed(self) -> None:
         """Wait until the accept loops are over."""
-        await asyncio.gather(*self._accepting, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
+    def _start(self, coro: Coroutine[None, None, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _accept(self, sock: socket.socket) -> None:
-        loop, backoff = self._loop, self._backoff
+        """The portable path: an accept loop on ``sock_accept``."""
+        loop = self._loop
         in_a_row = 0
         while True:
             try:
                 conn, _address = await loop.sock_accept(sock)
             except OSError as exc:
-                if exc.errno in OUT_OF_RESOURCES:
-                    await backoff.make_room(exc, sock)
-                elif exc.errno not in CONNECTION_ERRORS:
-                    # Unknown, and maybe lasting: slow down rather than spin.
-                    logger.error("accept() on %s failed", _address_of(sock), exc_info=True)
-                    await asyncio.sleep(MAX_DELAY)
+                await self._after_failure(exc, sock)
                 continue
-            backoff.accepted()
-            task = loop.create_task(self._connect(conn))
-            if self._ssl is not None:
-                # Only TLS handshakes last long enough to be worth closing when
-                # descriptors run out (handshakes()); a plain connection is
-                # served one pass of the loop after its accept.
-                self._connecting[task] = loop.time()
-                task.add_done_callback(self._connecting.pop)
+            self._serve(conn)
             in_a_row += 1
             if in_a_row == ACCEPT_BATCH:  # a flood of connections must not starve the loop
                 in_a_row = 0
                 await asyncio.sleep(0)
+
+    # The watched path (FAST_ACCEPT). What it buys: the listening socket stays
+    # registered with the selector, as under asyncio's own accept loop, so a
+    # connection costs one accept() call. The portable loop pays, per
+    # connection, an accept() that fails with EAGAIN, registering and
+    # unregistering the socket (two epoll_ctl calls) and a future and a task
+    # step to resume it: 8% of the server's instructions for a whole websocket
+    # connection (1,011 K against 1,101 K; bench/instructions.py,
+    # embedws-async+EMBEDWS_FAST_ACCEPT=0).
+    # It needs add_reader(), which the proactor loop (Windows) lacks.
+
+    def _watch(self, sock: socket.socket) -> bool:
+        """Accept whenever ``sock`` is readable; False if the loop cannot watch sockets."""
+        try:
+            self._loop.add_reader(sock.fileno(), self._accept_ready, sock)
+        except NotImplementedError:
+            return False
+        self._watched.add(sock)
+        return True
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        self._watched.discard(sock)
+        self._loop.remove_reader(sock.fileno())
+
+    def _accept_ready(self, sock: socket.socket) -> None:
+        # Up to ACCEPT_BATCH: if more wait, the socket is still readable and the
+        # loop comes back after the rest of its pass (a flood cannot starve it).
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in CONNECTION_ERRORS:
+                    continue
+                # Not watched while the failure is handled (the retries are the
+                # failure handling's, not the selector's), then watched again.
+                self._unwatch(sock)
+                self._start(self._rewatch_after(exc, sock))
+                return
+            conn.setblocking(False)
+            self._serve(conn)
+
+    async def _rewatch_after(self, exc: OSError, sock: socket.socket) -> None:
+        await self._after_failure(exc, sock)
+        if not self._closed:
+            self._watch(sock)
+
+    # Both paths ------------------------------------------------------------------
+
+    async def _after_failure(self, exc: OSError, sock: socket.socket) -> None:
+        """``accept()`` on ``sock`` failed: return when it is worth retrying."""
+        if exc.errno in OUT_OF_RESOURCES:
+            await self._backoff.make_room(exc, sock)
+        elif exc.errno not in CONNECTION_ERRORS:
+            # Unknown, and maybe lasting: slow down rather than spin.
+            logger.error("accept() on %s failed", _address_of(sock), exc_info=exc)
+            await asyncio.sleep(MAX_DELAY)
+
+    def _serve(self, conn: socket.socket) -> None:
+        """Serve an accepted connection."""
+        self._backoff.accepted()
+        task = self._loop.create_task(self._connect(conn))
+        if self._ssl is not None:
+            # Only TLS handshakes last long enough to be worth closing when
+            # descriptors run out (handshakes()); a plain connection is
+            # served one pass of the loop after its accept.
+            self._connecting[task] = self._loop.time()
+            task.add_done_callback(self._connecting.pop)
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
