@@ -104,9 +104,9 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
-        self._h11_conn = h11.Connection(
-            h11.SERVER, max_incomplete_event_size=server.config.REQUEST_MAX_HEADER_SIZE
-        )
+        # Made when first needed: a connection whose upgrade the fast path
+        # answers never needs one (see _h11).
+        self._h11_conn: h11.Connection | None = None
         # The upgrade fast path (_upgrade_fast): the first request of a
         # connection, parsed without h11, keeps its head and what came after it
         # here until it is either switched to a websocket or given to h11.
@@ -136,7 +136,14 @@ class HTTPConnection(asyncio.BufferedProtocol):
         """The h11 connection, first told of a request the fast path parsed, if any."""
         if self._fast_head is not None:
             self._catch_up()
-        return self._h11_conn
+        conn = self._h11_conn
+        return self._new_h11() if conn is None else conn
+
+    def _new_h11(self) -> h11.Connection:
+        conn = self._h11_conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=self.server.config.REQUEST_MAX_HEADER_SIZE
+        )
+        return conn
 
     # asyncio callbacks --------------------------------------------------------
 
@@ -271,7 +278,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
         head, rest = self._fast_head, self._fast_rest
         assert head is not None
         self._fast_head, self._fast_rest, self._ws_request = None, bytearray(), None
-        conn = self._h11_conn
+        conn = self._new_h11() if self._h11_conn is None else self._h11_conn
         conn.receive_data(head)
         events: list[object] = []
         try:
@@ -753,7 +760,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
             or transport is None
             or transport.is_closing()
             or transport.get_write_buffer_size()
-            or self._h11.trailing_data[0]  # part of a pipelined request
+            or (self._h11_conn is not None and self._h11_conn.trailing_data[0])  # pipelined
         ):
             return None
         return self._first_byte
