@@ -23,6 +23,12 @@ import embedws
 MS = 0.001 * float(os.environ.get("EMBEDWS_TESTS_TIMEOUT_FACTOR", "1"))
 
 
+#: How much earlier than asked, by ``time.monotonic()``, a server's timer may
+#: fire: uvloop's loop clock counts whole milliseconds, read once per pass of
+#: the loop. Lower bounds on a server's timeouts allow for it.
+EARLY = 0.002
+
+
 def seconds(value: float) -> float:
     """``value`` seconds as a time bound, scaled like `MS` (tests/test_timeouts.py checks)."""
     return value * 1000 * MS

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import logging
 import socket
 import ssl as ssl_module
@@ -52,7 +53,15 @@ from .runtime import sleep
 if sys.platform != "win32":
     import resource
 
-__all__ = ["CONNECTION_ERRORS", "OUT_OF_RESOURCES", "AcceptBackoff", "Acceptor", "RoomMaker"]
+__all__ = [
+    "CONNECTION_ERRORS",
+    "OUT_OF_RESOURCES",
+    "AcceptBackoff",
+    "Acceptor",
+    "IdleSince",
+    "RoomMaker",
+    "next_idle_rank",
+]
 
 logger = logging.getLogger("embedws.server")
 
@@ -67,6 +76,14 @@ QUIET_PERIOD = 5.0
 BACKLOG = 100
 #: Accepts in a row after which the accept loop lets the event loop go on.
 ACCEPT_BATCH = 100
+
+
+#: When a connection began to wait (an HTTP connection for a request, a TLS
+#: connection for its handshake): (loop time, rank). The rank orders waits
+#: that a coarse loop clock sees begin at the same time (uvloop's counts whole
+#: milliseconds), so that the one waiting longest is closed first.
+IdleSince = tuple[float, int]
+next_idle_rank: Callable[[], int] = itertools.count().__next__
 
 
 def _errnos(*names: str) -> frozenset[int]:
@@ -242,8 +259,8 @@ class Acceptor:
         self._ssl = ssl
         self._ssl_handshake_timeout = ssl_handshake_timeout
         self._loop = server.get_loop()
-        # Accepted, not served yet (in the TLS handshake): task -> loop time of the accept.
-        self._connecting: dict[asyncio.Task[None], float] = {}
+        # Accepted, not served yet (in the TLS handshake): task -> when it was accepted.
+        self._connecting: dict[asyncio.Task[None], IdleSince] = {}
         self._sockets = [sock.dup() for sock in server.sockets]
         # The accept loops (portable path), and the waits after a failure (watched path).
         self._tasks: set[asyncio.Task[None]] = set()
@@ -265,8 +282,8 @@ class Acceptor:
         """TLS connections accepted and not served yet (in the TLS handshake)."""
         return len(self._connecting)
 
-    def handshakes(self) -> list[tuple[float, Callable[[], object]]]:
-        """TLS handshakes in progress: (loop time of the accept, what aborts it).
+    def handshakes(self) -> list[tuple[IdleSince, Callable[[], object]]]:
+        """TLS handshakes in progress: (when accepted, what aborts it).
 
         A handshake takes a round trip or two; one still going on when
         descriptors run out is most likely a client that sent nothing, and
@@ -383,7 +400,7 @@ class Acceptor:
             # Only TLS handshakes last long enough to be worth closing when
             # descriptors run out (handshakes()); a plain connection is
             # served one pass of the loop after its accept.
-            self._connecting[task] = self._loop.time()
+            self._connecting[task] = (self._loop.time(), next_idle_rank())
             task.add_done_callback(self._connecting.pop)
 
     async def _connect(self, conn: socket.socket) -> None:

@@ -60,6 +60,7 @@ from ..response import FileResponse, HTTPResponse, error_response
 from ..routing import Route
 from ..security import host_allowed
 from ..switches import FAST_UPGRADES
+from .acceptor import IdleSince, next_idle_rank
 
 if TYPE_CHECKING:
     from .server import Server
@@ -121,6 +122,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
         # Loop time of the first byte of the request being read; while idle,
         # of the start of the wait for the next request.
         self._first_byte = 0.0
+        self._idle_rank = 0  # orders idle waits that begin at the same loop time
         self._received = 0  # bytes received since the first byte of the request
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0  # loop time when the request (or the idle wait) times out
@@ -158,6 +160,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
             self.transport.abort()
             return
         self._first_byte = self.server.loop.time()
+        self._idle_rank = next_idle_rank()
         config = self.server.config
         self._set_timer(min(config.WEBSOCKET_TIMEOUT, config.REQUEST_TIMEOUT))
 
@@ -676,6 +679,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
         self._busy = False
         self._idle = True
         self._first_byte = self.server.loop.time()  # for a request already buffered
+        self._idle_rank = next_idle_rank()
         self._set_timer(self.server.config.KEEP_ALIVE_TIMEOUT)
         transport.resume_reading()
         self._next_event()
@@ -748,8 +752,8 @@ class HTTPConnection(asyncio.BufferedProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
-    def idle_since(self) -> float | None:
-        """Since when (loop time) this connection has waited for a request.
+    def idle_since(self) -> IdleSince | None:
+        """Since when this connection has waited for a request.
 
         ``None`` unless it is idle: no request begun, nothing left to write.
         """
@@ -763,7 +767,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
             or (self._h11_conn is not None and self._h11_conn.trailing_data[0])  # pipelined
         ):
             return None
-        return self._first_byte
+        return (self._first_byte, self._idle_rank)
 
     def abort(self) -> None:
         """Close now, without waiting for a graceful end (frees the descriptor at once)."""

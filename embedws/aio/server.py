@@ -45,7 +45,7 @@ from ..response import HTTPResponse
 from ..routing import Route, Router
 from ..security import is_loopback_address, rebinding_guard_warning
 from ..tls import SSLArg, server_context
-from .acceptor import AcceptBackoff, Acceptor
+from .acceptor import AcceptBackoff, Acceptor, IdleSince
 from .broker import RedisBroker
 from .connection import Connection, Settings, protocol_logger, read_buffer_for
 from .crossing import LoopClosed, crossing_for
@@ -95,7 +95,7 @@ class Listening(Protocol):
     def sockets(self) -> Sequence[socket.socket]: ...
     @property
     def pending(self) -> int: ...
-    def handshakes(self) -> list[tuple[float, Callable[[], object]]]: ...
+    def handshakes(self) -> list[tuple[IdleSince, Callable[[], object]]]: ...
     def close(self) -> None: ...
     async def wait_closed(self) -> None: ...
 
@@ -371,7 +371,7 @@ class Server:
         Returns:
             How many were closed.
         """
-        idle: list[tuple[float, Callable[[], object]]] = [
+        idle: list[tuple[IdleSince, Callable[[], object]]] = [
             (since, conn.abort) for conn in self._http if (since := conn.idle_since()) is not None
         ]
         for acceptor in self._servers:

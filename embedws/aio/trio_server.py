@@ -45,7 +45,15 @@ from anyio.abc import SocketAttribute, SocketListener
 from anyio.streams.tls import TLSStream
 
 from ..config import Config
-from .acceptor import BACKLOG, CONNECTION_ERRORS, MAX_DELAY, OUT_OF_RESOURCES, AcceptBackoff
+from .acceptor import (
+    BACKLOG,
+    CONNECTION_ERRORS,
+    MAX_DELAY,
+    OUT_OF_RESOURCES,
+    AcceptBackoff,
+    IdleSince,
+    next_idle_rank,
+)
 from .server import Listening, ServedApp, Server
 from .trio_loop import TrioLoop
 from .trio_transport import StreamTransport
@@ -77,8 +85,8 @@ class TrioListener:
         self._ssl = ssl
         self._handshake_timeout = handshake_timeout
         self._backoff = backoff
-        # TLS handshakes in progress: their scope -> loop time of the accept.
-        self._handshakes: dict[trio.CancelScope, float] = {}
+        # TLS handshakes in progress: their scope -> when it was accepted.
+        self._handshakes: dict[trio.CancelScope, IdleSince] = {}
         self._socket: socket.socket = listener.extra(SocketAttribute.raw_socket)
         self._task = loop.create_task(self._accept(), name="embedws accept")
 
@@ -91,8 +99,8 @@ class TrioListener:
         """TLS connections accepted and not served yet (in the TLS handshake)."""
         return len(self._handshakes)
 
-    def handshakes(self) -> list[tuple[float, Callable[[], object]]]:
-        """TLS handshakes in progress: (loop time of the accept, what aborts it)."""
+    def handshakes(self) -> list[tuple[IdleSince, Callable[[], object]]]:
+        """TLS handshakes in progress: (when accepted, what aborts it)."""
         return [(since, scope.cancel) for scope, since in self._handshakes.items()]
 
     def close(self) -> None:
@@ -123,7 +131,7 @@ class TrioListener:
     async def _serve(self, stream: Any) -> None:
         if self._ssl is not None:
             scope = trio.CancelScope(deadline=trio.current_time() + self._handshake_timeout)
-            self._handshakes[scope] = self._loop.time()
+            self._handshakes[scope] = (self._loop.time(), next_idle_rank())
             try:
                 with scope:
                     stream = await TLSStream.wrap(
