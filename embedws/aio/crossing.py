@@ -70,6 +70,9 @@ class Crossing:
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop soon, after the calls queued before it.
 
+        From the loop's own thread too (a greenlet handler): the call then
+        keeps its place after those queued by other threads.
+
         Raises:
             LoopClosed: the loop is closed.
         """
@@ -83,7 +86,12 @@ class Crossing:
             try:
                 if loop is None:
                     raise LoopClosed
-                loop.call_soon_threadsafe(self._run)
+                if asyncio._get_running_loop() is loop:
+                    # Called on the loop's own thread (a greenlet handler's
+                    # end): the loop is awake, no self-pipe write is needed.
+                    loop.call_soon(self._run)
+                else:
+                    loop.call_soon_threadsafe(self._run)
             except (RuntimeError, LoopClosed) as exc:  # asyncio's "Event loop is closed"
                 self._scheduled = False
                 raise LoopClosed from exc
