@@ -358,6 +358,8 @@ class Acceptor:
         self._loop.remove_reader(sock.fileno())
 
     def _accept_ready(self, sock: socket.socket) -> None:
+        if self._closed:  # closed earlier in this pass of the loop
+            return
         # Up to ACCEPT_BATCH: if more wait, the socket is still readable and the
         # loop comes back after the rest of its pass (a flood cannot starve it).
         for _ in range(ACCEPT_BATCH):
