@@ -70,9 +70,6 @@ class Crossing:
     def call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop soon, after the calls queued before it.
 
-        From the loop's own thread too (a greenlet handler): the call then
-        keeps its place after those queued by other threads.
-
         Raises:
             LoopClosed: the loop is closed.
         """
@@ -86,12 +83,7 @@ class Crossing:
             try:
                 if loop is None:
                     raise LoopClosed
-                if asyncio._get_running_loop() is loop:
-                    # Called on the loop's own thread (a greenlet handler's
-                    # end): the loop is awake, no self-pipe write is needed.
-                    loop.call_soon(self._run)
-                else:
-                    loop.call_soon_threadsafe(self._run)
+                loop.call_soon_threadsafe(self._run)
             except (RuntimeError, LoopClosed) as exc:  # asyncio's "Event loop is closed"
                 self._scheduled = False
                 raise LoopClosed from exc

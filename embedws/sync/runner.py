@@ -395,11 +395,16 @@ class _HandlerJob:
             log_handler_crash(self.handler, self.request)
             code, reason = 1011, "internal error"
         finally:
-            try:
-                # After this handler's own sends, which went the same way.
-                conn.crossing.call(_finish, conn, code, reason, self)
-            except LoopClosed:  # the connection went with it
-                pass
+            if self.glet is not None:
+                # On the loop thread, whose own sends were written at once: no
+                # crossing, and no wake-up of a loop that is running.
+                conn.loop.call_soon(_finish, conn, code, reason, self)
+            else:
+                try:
+                    # After this handler's own sends, which went the same way.
+                    conn.crossing.call(_finish, conn, code, reason, self)
+                except LoopClosed:  # the connection went with it
+                    pass
 
 
 def _finish(conn: Connection, code: int, reason: str, job: _HandlerJob) -> None:
