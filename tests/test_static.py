@@ -272,8 +272,9 @@ def test_a_200_mib_download_costs_constant_memory_and_blocks_no_one(tmp_path: Pa
     assert grown < 10 * 2**20, grown
     # A loop held by the download would hold a round trip for much of it; a
     # busy machine (a CPU hog on every core) slows both alike, so the bound
-    # grows with the download (a fixed 200 ms failed there at 240 ms).
-    assert slowest < max(50 * MS, took / 10), (slowest, took)
+    # grows with the download (a fixed 200 ms failed there at 240 ms), and a
+    # healthy round trip can take 120 ms when other work shares the machine.
+    assert slowest < max(200 * MS, took / 4), (slowest, took)
 
 
 def test_a_websocket_route_comes_before_a_static_catch_all(site: Path) -> None:
