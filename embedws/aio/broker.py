@@ -44,6 +44,20 @@ dropped, sequence gaps counted per peer node and reported, and the message is
 written to the local members through ``Registry.deliver``, as a broadcast of
 this process would be.
 
+Redis Cluster (``cluster=True``, sharded pub/sub): a channel lives on the
+node that owns its hash slot, so SPUBLISH goes through redis-py's cluster
+client (``redis.asyncio.cluster.RedisCluster``, which routes each command, and
+each command of a pipeline, by slot and follows ``MOVED``), and a session of
+the listener is `_ClusterSubscriber`: one ``PubSub`` connection per node that
+owns a subscribed channel, placed by the slot map of a second cluster client,
+refreshed at the start of every session. Not redis-py's ``ClusterPubSub``: it
+hides a node's failure (it reconnects and replays the subscriptions on its
+own), so the broker could neither back off nor fire ``reconnected``. Here any
+failure of any node's connection ends the session like a failure of the one
+connection does outside a cluster; so does a slot that moves (Redis tells its
+subscribers with an ``sunsubscribe`` they did not ask for): the next session
+reads the new slot map and subscribes each channel on its owner.
+
 Room membership and ``app.connections`` stay per process.
 """
 
@@ -78,6 +92,7 @@ from .registry import Registry
 __all__ = [
     "AsyncEmitter",
     "EmitterCore",
+    "check_cluster",
     "RedisBroker",
     "check_mode",
     "envelope_for",
@@ -149,14 +164,26 @@ class RedisBroker:
         on_error: ``"log"`` or ``"raise"``, see above.
         max_message_size: the largest payload published or accepted, in bytes.
         max_queue: envelopes waiting to be published; past it new ones are dropped.
-        sharded: use sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``, Redis 7).
+        sharded: use sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``, Redis 7);
+            unset: sharded exactly when ``cluster`` is set.
+        cluster: ``url`` names a node of a Redis Cluster (any node: the others
+            are found from it). Each room's channel is published to, and
+            subscribed on, the node that owns its slot (redis-py's cluster
+            client), with one subscriber connection per node that owns a
+            channel of a local room. Needs sharded pub/sub (``sharded=False``
+            is refused: a plain ``PUBLISH`` in a cluster reaches every node,
+            which does not scale) and ``mode="pubsub"``. A failure of any of
+            those connections, or a slot that moves to another node, makes the
+            broker subscribe everything again, on the current slot map (back-off,
+            then ``reconnected``), as a failure of the one connection does
+            outside a cluster.
         mode: ``"pubsub"`` (default) or ``"streams"``: gap-free delivery on Redis
             streams, each process reading on from the last entry it delivered,
             so what is published while it is cut off from Redis arrives once it
             is back, in order (bounded by ``stream_maxlen``). The streams stay
             in Redis (``{prefix}:all``, ``{prefix}:room:{name}``), each trimmed
             to about ``stream_maxlen`` entries. Every process of the app and
-            every emitter must use the same mode.
+            every emitter must use the same mode. Not with ``cluster``.
         stream_maxlen: entries kept per stream in streams mode (approximately).
         health_check_interval: seconds between pings on the subscriber connection.
         socket_timeout: seconds a publish may take.
@@ -176,7 +203,8 @@ class RedisBroker:
         on_error: str = "log",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_queue: int = 10_000,
-        sharded: bool = False,
+        sharded: bool | None = None,
+        cluster: bool = False,
         mode: str = "pubsub",
         stream_maxlen: int = 10_000,
         health_check_interval: float = 5.0,
@@ -186,6 +214,7 @@ class RedisBroker:
         self._redis = import_redis()
         if on_error not in ("log", "raise"):
             raise ValueError(f"on_error must be 'log' or 'raise', not {on_error!r}")
+        sharded = check_cluster(cluster, sharded, mode)
         check_mode(mode, sharded)
         if max_queue < 1 or max_message_size < 1:
             raise ValueError("max_queue and max_message_size must be positive")
@@ -196,6 +225,7 @@ class RedisBroker:
         self.max_message_size = max_message_size
         self.max_queue = max_queue
         self.sharded = sharded
+        self.cluster = cluster
         self.mode = mode
         self.stream_maxlen = stream_maxlen
         self.health_check_interval = health_check_interval
@@ -415,20 +445,30 @@ class RedisBroker:
         self._stopping = asyncio.Event()
         self._tracker = SequenceTracker()
         self._last_ids = {}
-        self._pub = redis.asyncio.Redis.from_url(
-            self.url,
-            socket_timeout=self.socket_timeout,
-            socket_connect_timeout=self.connect_timeout,
-            retry=no_retry(),
-        )
-        self._sub = redis.asyncio.Redis.from_url(
-            self.url,
-            socket_timeout=None,  # a quiet channel is not a failure: health checks are
-            socket_connect_timeout=self.connect_timeout,
-            socket_keepalive=True,
-            health_check_interval=self.health_check_interval,
-            retry=no_retry(),
-        )
+        if self.cluster:
+            from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415 - optional
+
+            # The cluster client keeps its own retries: following MOVED and
+            # ASK, and reading the slot map again, is how it routes at all.
+            self._pub = RedisCluster.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.connect_timeout,
+            )
+            # The subscriber's slot map; the subscriptions have connections of their own.
+            self._sub = RedisCluster.from_url(
+                self.url,
+                socket_timeout=self.connect_timeout,
+                socket_connect_timeout=self.connect_timeout,
+            )
+        else:
+            self._pub = redis.asyncio.Redis.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.connect_timeout,
+                retry=no_retry(),
+            )
+            self._sub = redis.asyncio.Redis.from_url(self.url, **self._subscriber_options())
         with self._lock:
             self._running = True
             self._idle = False
@@ -448,6 +488,16 @@ class RedisBroker:
                 _safe_url(self.url),
                 self.connect_timeout,
             )
+
+    def _subscriber_options(self) -> dict[str, Any]:
+        """How a subscriber connects (to the one server, or to each node of a cluster)."""
+        return {
+            "socket_timeout": None,  # a quiet channel is not a failure: health checks are
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_keepalive": True,
+            "health_check_interval": self.health_check_interval,
+            "retry": no_retry(),
+        }
 
     async def _stop(self) -> None:
         with self._lock:
@@ -539,7 +589,11 @@ class RedisBroker:
         delay = _BACKOFF_FIRST
         sessions = 0
         while not stopping.is_set():
-            pubsub = self._sub.pubsub() if self.mode == "pubsub" else None
+            pubsub: Any = None
+            if self.cluster:
+                pubsub = _ClusterSubscriber(self, self._sub, fresh_map=sessions > 0)
+            elif self.mode == "pubsub":
+                pubsub = self._sub.pubsub()
             subscribed = False
             try:
                 if pubsub is None:
@@ -559,6 +613,9 @@ class RedisBroker:
                     if pubsub is None:
                         group.create_task(self._read_streams())
                         group.create_task(self._wake_reader())
+                    elif self.cluster:
+                        pubsub.read_in(group)
+                        group.create_task(self._sync_rooms(pubsub))
                     else:
                         group.create_task(self._read(pubsub))
                         group.create_task(self._sync_rooms(pubsub))
@@ -609,12 +666,14 @@ class RedisBroker:
     async def _unsubscribe(self, pubsub: Any, channels: list[str]) -> None:
         if not channels:
             return
+        # Forgotten first: a cluster node's own sunsubscribe (a slot moved) is
+        # told from ours by the channel still being wanted.
+        self._subscribed = self._subscribed - set(channels)
         if self.sharded:
             for channel in channels:
                 await pubsub.sunsubscribe(channel)
         else:
             await pubsub.unsubscribe(*channels)
-        self._subscribed = self._subscribed - set(channels)
         for channel in channels:
             self._tracker.forget_channel(channel)
 
@@ -763,6 +822,101 @@ class RedisBroker:
         return f"<RedisBroker {_safe_url(self.url)} prefix={self.prefix!r} node={self.node_id}>"
 
 
+class _ClusterSubscriber:
+    """One session's sharded subscriptions on a Redis Cluster: a ``PubSub`` per node.
+
+    Each channel is subscribed on the node that owns its slot in ``topology``'s
+    slot map (read again when ``fresh_map``: a session after a failure). Every
+    node's connection has a reader task in the session's task group; a reader
+    that fails, or that hears of a slot moved away, ends the session.
+
+    Thread contract: the broker's loop only.
+    """
+
+    def __init__(self, broker: RedisBroker, topology: Any, *, fresh_map: bool) -> None:
+        self._broker = broker
+        self._topology = topology
+        self._fresh_map = fresh_map
+        self._mapped = False
+        self._nodes: dict[str, tuple[Any, Any]] = {}  # node name: (client, PubSub)
+        self._where: dict[str, str] = {}  # channel: the name of its node
+        self._group: asyncio.TaskGroup | None = None
+
+    async def ssubscribe(self, channel: str) -> None:
+        if not self._mapped:
+            if self._fresh_map:  # a slot may have moved, or a node failed over
+                await self._topology.nodes_manager.initialize()
+            await self._topology.initialize()
+            self._mapped = True
+        node = self._topology.get_node_from_key(channel)
+        entry = self._nodes.get(node.name)
+        if entry is None:
+            redis = self._broker._redis
+            options = dict(redis.asyncio.connection.parse_url(self._broker.url))
+            options.update(self._broker._subscriber_options(), host=node.host, port=node.port)
+            client = redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options))
+            entry = self._nodes[node.name] = (client, client.pubsub())
+        self._where[channel] = node.name
+        await entry[1].ssubscribe(channel)
+        if self._group is not None:
+            self._read_node(entry[1])  # a node this session had no channel on yet
+
+    async def sunsubscribe(self, channel: str) -> None:
+        name = self._where.pop(channel, None)
+        if name is not None:
+            await self._nodes[name][1].sunsubscribe(channel)
+
+    def read_in(self, group: asyncio.TaskGroup) -> None:
+        """Read every node's connection, now and as nodes are added, in ``group``."""
+        self._group = group
+        for _client, pubsub in self._nodes.values():
+            self._read_node(pubsub)
+
+    def _read_node(self, pubsub: Any) -> None:
+        assert self._group is not None
+        if not getattr(pubsub, "_embedws_read", False):
+            pubsub._embedws_read = True  # one reader per connection
+            self._group.create_task(self._read(pubsub))
+
+    async def _read(self, pubsub: Any) -> None:
+        receive = self._broker._receive_safely
+        while True:
+            message = await pubsub.get_message(timeout=_READ_POLL)
+            if message is None:
+                continue
+            kind = message["type"]
+            if kind == "smessage":
+                receive(message["channel"], message["data"])
+            elif kind == "sunsubscribe":
+                channel = message["channel"]
+                name = channel.decode() if isinstance(channel, bytes) else channel
+                if name in self._where:
+                    # Not ours: Redis drops the subscribers of a slot that moved.
+                    raise BrokerError(f"the slot of {name} moved to another node")
+
+    async def aclose(self) -> None:
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for client, pubsub in nodes:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+def check_cluster(cluster: bool, sharded: bool | None, mode: str) -> bool:
+    """Whether pub/sub is sharded (``sharded`` unset: as ``cluster``), or a ``ValueError``."""
+    if not cluster:
+        return bool(sharded)
+    if mode != "pubsub":
+        raise ValueError("cluster=True works with mode='pubsub' (sharded), not with streams")
+    if sharded is False:
+        raise ValueError(
+            "cluster=True needs sharded pub/sub: a plain PUBLISH in a cluster reaches "
+            "every node; leave sharded unset (or True)"
+        )
+    return True
+
+
 def check_mode(mode: str, sharded: bool) -> str:
     """``mode`` itself, or a ``ValueError`` for an unknown one or a wrong combination."""
     if mode not in ("pubsub", "streams"):
@@ -792,16 +946,18 @@ class EmitterCore:
         prefix: str,
         codec: str,
         max_message_size: int,
-        sharded: bool,
+        sharded: bool | None,
         mode: str,
         stream_maxlen: int,
+        cluster: bool = False,
     ) -> None:
         self._redis = import_redis()
         self.prefix = prefix
         self.codec: Codec = check_codec(codec)
         self.max_message_size = max_message_size
-        self.sharded = sharded
-        self.mode = check_mode(mode, sharded)
+        self.sharded = check_cluster(cluster, sharded, mode)
+        self.cluster = cluster
+        self.mode = check_mode(mode, self.sharded)
         self.stream_maxlen = stream_maxlen
         self.node_id = new_node_id()
         self._seq: dict[str, int] = {}
@@ -823,7 +979,10 @@ class AsyncEmitter(EmitterCore):
     or ``await emit.room(name).broadcast(data)``; ``await emit.aclose()`` (or
     ``async with``). Each call waits for Redis; a publish that fails is retried
     once, then raises `BrokerError`. The envelope is the
-    broker's, so ``prefix``, ``codec``, ``sharded`` and ``mode`` must match the app's.
+    broker's, so ``prefix``, ``codec``, ``sharded``, ``cluster`` and ``mode`` must
+    match the app's. With ``cluster=True`` (``url`` names any node of a Redis
+    Cluster) each message goes to the node that owns its channel's slot, through
+    redis-py's cluster client (which follows ``MOVED`` and retries on its own).
 
     Thread contract: use it on one event loop.
     """
@@ -835,7 +994,8 @@ class AsyncEmitter(EmitterCore):
         prefix: str = "embedws",
         codec: str = "json",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        sharded: bool = False,
+        sharded: bool | None = None,
+        cluster: bool = False,
         mode: str = "pubsub",
         stream_maxlen: int = 10_000,
         socket_timeout: float = 5.0,
@@ -847,13 +1007,22 @@ class AsyncEmitter(EmitterCore):
             sharded=sharded,
             mode=mode,
             stream_maxlen=stream_maxlen,
+            cluster=cluster,
         )
-        self._client = self._redis.asyncio.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=no_retry(),
-        )
+        self._client: Any
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415 - optional
+
+            self._client = RedisCluster.from_url(
+                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+            )
+        else:
+            self._client = self._redis.asyncio.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=no_retry(),
+            )
 
     def room(self, name: str) -> _AsyncEmitterRoom:
         """The room called ``name``, in every process of the app."""
