@@ -731,8 +731,15 @@ def shardnumsub(cluster: RedisClusterServers, channel: str) -> int:
         r.close()
 
 
-def wait_subscribed(cluster: RedisClusterServers, rooms: tuple[str, ...], count: int = 2) -> None:
-    for channel in (f"{PREFIX}:all", *(f"{PREFIX}:room:{room}" for room in rooms)):
+def wait_subscribed(
+    cluster: RedisClusterServers, rooms: tuple[str, ...], count: int = 2, servers: int = 2
+) -> None:
+    """``count`` subscribers of each room's channel, and ``servers`` of ``all``, on their nodes."""
+    wait_until(
+        lambda: shardnumsub(cluster, f"{PREFIX}:all") == servers,
+        f"{servers} subscribers of {PREFIX}:all on its node",
+    )
+    for channel in [f"{PREFIX}:room:{room}" for room in rooms]:
         wait_until(
             lambda channel=channel: shardnumsub(cluster, channel) == count,  # type: ignore[misc]
             f"{count} subscribers of {channel} on its node",
@@ -860,7 +867,10 @@ def test_killed_cluster_subscriber_connections_are_survived(
             broker_of(server).on("reconnected", lambda _broker: reconnected.release())
         rooms = {x: (join(a, x), join(b, x)), y: (join(a, y), join(b, y))}
         wait_subscribed(redis_cluster, (x, y))
-        for round_ in range(3):
+        cluster_rooms_work(a, b, rooms, "warm-up")  # the publishers connect
+        fds = len(os.listdir("/proc/self/fd"))
+        connections = cluster_clients(redis_cluster)
+        for round_ in range(10):
             victim = redis_cluster.nodes[round_ % len(redis_cluster.nodes)].client()
             try:
                 assert victim.client_kill_filter(_type="pubsub") >= 1
@@ -870,9 +880,35 @@ def test_killed_cluster_subscriber_connections_are_survived(
             assert reconnected.acquire(timeout=10_000 * MS)
             wait_subscribed(redis_cluster, (x, y))
             cluster_rooms_work(a, b, rooms, f"round{round_}")
+        assert len(os.listdir("/proc/self/fd")) == fds
+        wait_until(lambda: cluster_clients(redis_cluster) == connections, "no extra connection")
         for pair in rooms.values():
             for ws in pair:
                 ws.close()
+    wait_until(lambda: cluster_clients(redis_cluster) == [0, 0, 0], "Redis saw them all close")
+
+
+def cluster_clients(cluster: RedisClusterServers) -> list[int]:
+    """Connections each node has, other than the one asking."""
+    return [redis_clients(node) for node in cluster.nodes]
+
+
+def test_a_cluster_broker_stops_without_a_connection_or_descriptor_left(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    x, y = rooms_on_different_nodes(redis_cluster)
+    fds = len(os.listdir("/proc/self/fd"))
+    app = chat_app("a", "async", broker(redis_cluster, **CLUSTER))
+    for _ in range(2):  # an app is restartable, and so is its broker
+        with serving(app) as server:
+            ax, ay = join(server, x), join(server, y)
+            wait_subscribed(redis_cluster, (x, y), count=1, servers=1)
+            app.room(x).broadcast("hi")  # the publisher connects
+            assert ax.recv(timeout=seconds(5)) == "hi"
+            ax.close()
+            ay.close()
+        assert len(os.listdir("/proc/self/fd")) == fds  # closed on our side: at once
+        wait_until(lambda: cluster_clients(redis_cluster) == [0, 0, 0], "Redis saw them close")
 
 
 def test_a_slot_moved_under_a_live_subscription_is_followed(

@@ -848,6 +848,9 @@ class _ClusterSubscriber:
                 await self._topology.nodes_manager.initialize()
             await self._topology.initialize()
             self._mapped = True
+            # Read once a session: its connections would only idle until the next.
+            for node in self._topology.get_nodes():
+                await node.disconnect()
         node = self._topology.get_node_from_key(channel)
         entry = self._nodes.get(node.name)
         if entry is None:
