@@ -489,6 +489,31 @@ def test_stop_leaves_no_redis_connection_and_no_descriptor(redis_server: RedisSe
     wait_until(lambda: redis_clients(redis_server) == 0, "Redis saw them close")
 
 
+def test_a_subscription_redis_refuses_backs_off(redis_server: RedisServer, logs: LogWaiter) -> None:
+    # SUBSCRIBE goes out fine and the refusal comes back as a reply (here NOPERM;
+    # on a cluster MOVED or CLUSTERDOWN): the session did not work, so the
+    # back-off must grow, not start over at 0.1 s every time.
+    r = redis_server.client()
+    try:
+        r.execute_command("ACL", "SETUSER", "nochannels", "on", ">pw", "~*", "+@all")
+        r.execute_command("ACL", "SETUSER", "nochannels", "resetchannels")
+    finally:
+        r.close()
+    url = f"redis://nochannels:pw@127.0.0.1:{redis_server.port}/0"
+    app = chat_app("a", "async", embedws.RedisBroker(url, prefix=PREFIX))
+    with serving(app):
+        logs.wait_for("again in 0.4 s", level=logging.WARNING)
+        retries = [m for m in logs.messages() if m.startswith("Redis subscriber")]
+        assert "no permissions" in retries[0]
+        assert [m.rpartition("again in ")[2] for m in retries[:3]] == ["0.1 s", "0.2 s", "0.4 s"]
+        assert broker_of_app(app).stats()["reconnects"] >= 2
+
+
+def broker_of_app(app: embedws.App) -> embedws.RedisBroker:
+    assert app.broker is not None
+    return app.broker
+
+
 def test_redis_down_at_start_serves_locally_then_subscribes(
     redis_server: RedisServer, logs: LogWaiter
 ) -> None:

@@ -16,8 +16,10 @@ redis-py's asyncio client, on two connections:
   a syncer (subscribe when a room gets its first local member, unsubscribe when
   it loses its last) until anything fails. A failure (refused, killed server,
   timeout) closes the session's connection; the next session starts after a
-  back-off of 0.1 s doubling to 5 s, reset by a session that subscribed, and
-  fires ``reconnected`` once subscribed again.
+  back-off of 0.1 s doubling to 5 s, reset by a session that Redis answered
+  (a subscription confirmed: sending SUBSCRIBE is not enough, since a refusal
+  such as ``MOVED`` or ``NOPERM`` comes back as a reply), and fires
+  ``reconnected`` once subscribed again.
 * The publisher, a plain client with ``socket_timeout``. ``publish`` is called
   in the broadcasting thread after the local delivery; under ``_lock`` it takes
   the channel's next sequence number, encodes the envelope and appends it to
@@ -276,6 +278,7 @@ class RedisBroker:
         self._last_ids: dict[str, bytes] = {}
         self._control = f"{prefix}:control:{self.node_id}"
         self._streams_stale = False
+        self._answered = False  # Redis answered the current session (the back-off resets)
 
     # Configuration ----------------------------------------------------------------
 
@@ -589,6 +592,7 @@ class RedisBroker:
         delay = _BACKOFF_FIRST
         sessions = 0
         while not stopping.is_set():
+            self._answered = False
             pubsub: Any = None
             if self.cluster:
                 pubsub = _ClusterSubscriber(self, self._sub, fresh_map=sessions > 0)
@@ -602,7 +606,6 @@ class RedisBroker:
                     await self._subscribe_everything(pubsub)
                 subscribed = True
                 sessions += 1
-                delay = _BACKOFF_FIRST
                 if self._ready is not None:
                     self._ready.set()
                 if sessions > 1:
@@ -637,6 +640,8 @@ class RedisBroker:
                 else:  # the read may have been cut mid-reply: never reuse its connection
                     with contextlib.suppress(Exception):
                         await self._sub.connection_pool.disconnect()
+            if self._answered:
+                delay = _BACKOFF_FIRST
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await stopping.wait()
@@ -692,9 +697,13 @@ class RedisBroker:
     async def _read(self, pubsub: Any) -> None:
         get_message = pubsub.get_message
         while True:
-            message = await get_message(ignore_subscribe_messages=True, timeout=_READ_POLL)
-            if message is not None and message["type"] in ("message", "smessage"):
+            message = await get_message(timeout=_READ_POLL)
+            if message is None:
+                continue
+            if message["type"] in ("message", "smessage"):
                 self._receive_safely(message["channel"], message["data"])
+            else:  # a subscription confirmed: this session works, the back-off starts over
+                self._answered = True
 
     # Streams mode ----------------------------------------------------------------------------
 
@@ -749,6 +758,7 @@ class RedisBroker:
                 await self._follow(sorted(want - self._subscribed))
             streams = {stream: self._last_ids[stream] for stream in self._subscribed}
             replies = await self._sub.xread(streams, count=_BATCH, block=int(_READ_POLL * 1000))
+            self._answered = True
             for stream, entries in replies or ():
                 name = stream.decode() if isinstance(stream, bytes) else stream
                 if name not in self._last_ids:
@@ -890,6 +900,8 @@ class _ClusterSubscriber:
             kind = message["type"]
             if kind == "smessage":
                 receive(message["channel"], message["data"])
+            elif kind == "ssubscribe":
+                self._broker._answered = True
             elif kind == "sunsubscribe":
                 channel = message["channel"]
                 name = channel.decode() if isinstance(channel, bytes) else channel
