@@ -848,6 +848,32 @@ def test_emitters_reach_rooms_on_different_nodes(redis_cluster: RedisClusterServ
         by.close()
 
 
+def test_emitters_with_the_channels_node_down_raise(redis_cluster: RedisClusterServers) -> None:
+    x, _y = rooms_on_different_nodes(redis_cluster)
+    emit = embedws.Emitter(redis_cluster.url, prefix=PREFIX, cluster=True, socket_timeout=1000 * MS)
+    try:
+        emit.room(x).broadcast("reaches-redis")  # the slot map is read
+        redis_cluster.owner(f"{PREFIX}:room:{x}").kill()
+        started = time.monotonic()
+        with pytest.raises(BrokerError, match="could not publish"):
+            emit.room(x).broadcast("lost")
+        # Two tries of the cluster client's, twice; no back-off of seconds between.
+        assert time.monotonic() - started < 4000 * MS
+    finally:
+        emit.close()
+
+    async def emit_async() -> None:
+        async with embedws.AsyncEmitter(
+            redis_cluster.url, prefix=PREFIX, cluster=True, socket_timeout=1000 * MS
+        ) as emitter:
+            with pytest.raises(BrokerError, match="could not publish"):
+                await emitter.room(x).broadcast("lost")
+
+    started = time.monotonic()
+    asyncio.run(emit_async())
+    assert time.monotonic() - started < 4000 * MS
+
+
 def cluster_rooms_work(a: Any, b: Any, rooms: dict[str, tuple[Any, Any]], word: str) -> None:
     for room, (on_a, on_b) in rooms.items():
         on_a.send(f"say:{word}-{room}")

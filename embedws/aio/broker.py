@@ -94,9 +94,10 @@ from .registry import Registry
 __all__ = [
     "AsyncEmitter",
     "EmitterCore",
-    "check_cluster",
     "RedisBroker",
+    "check_cluster",
     "check_mode",
+    "cluster_retry",
     "envelope_for",
     "import_redis",
     "no_retry",
@@ -130,6 +131,20 @@ def no_retry() -> Any:
     from redis.backoff import NoBackoff  # noqa: PLC0415
 
     return Retry(NoBackoff(), 0)
+
+
+def cluster_retry(retry_class: Any = None) -> Any:
+    """The ``Retry`` of a cluster client: one more try, at once, on the slot map read again.
+
+    ``MOVED``/``ASK`` redirects do not count (redis-py follows them apart); the
+    default (three tries, with a back-off of up to seconds) would make a publish
+    to a node that is down take several seconds before the caller's own retry.
+    ``retry_class``: redis-py's blocking ``Retry`` for a blocking client.
+    """
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+
+    return (retry_class or Retry)(NoBackoff(), 1)
 
 
 class RedisBroker:
@@ -451,18 +466,18 @@ class RedisBroker:
         if self.cluster:
             from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415 - optional
 
-            # The cluster client keeps its own retries: following MOVED and
-            # ASK, and reading the slot map again, is how it routes at all.
             self._pub = RedisCluster.from_url(
                 self.url,
                 socket_timeout=self.socket_timeout,
                 socket_connect_timeout=self.connect_timeout,
+                retry=cluster_retry(),
             )
             # The subscriber's slot map; the subscriptions have connections of their own.
             self._sub = RedisCluster.from_url(
                 self.url,
                 socket_timeout=self.connect_timeout,
                 socket_connect_timeout=self.connect_timeout,
+                retry=cluster_retry(),
             )
         else:
             self._pub = redis.asyncio.Redis.from_url(
@@ -1029,7 +1044,10 @@ class AsyncEmitter(EmitterCore):
             from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415 - optional
 
             self._client = RedisCluster.from_url(
-                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=cluster_retry(),
             )
         else:
             self._client = self._redis.asyncio.Redis.from_url(

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from ..aio.broker import EmitterCore, envelope_for
+from ..aio.broker import EmitterCore, cluster_retry, envelope_for
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE
 from ..errors import BrokerError
 
@@ -68,7 +68,10 @@ class Emitter(EmitterCore):
             from redis.cluster import RedisCluster  # noqa: PLC0415 - optional
 
             self._client = RedisCluster.from_url(
-                url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=cluster_retry(Retry),
             )
         else:
             self._client = self._redis.Redis.from_url(
