@@ -101,6 +101,7 @@ __all__ = [
     "envelope_for",
     "import_redis",
     "no_retry",
+    "redis_errors",
 ]
 
 logger = logging.getLogger("embedws.broker")
@@ -131,6 +132,11 @@ def no_retry() -> Any:
     from redis.backoff import NoBackoff  # noqa: PLC0415
 
     return Retry(NoBackoff(), 0)
+
+
+def redis_errors(redis: Any) -> tuple[type[Exception], ...]:
+    """What a failed Redis command raises: a cluster's own errors are no ``RedisError``."""
+    return (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
 
 def cluster_retry(retry_class: Any = None) -> Any:
@@ -583,7 +589,7 @@ class RedisBroker:
                         else:
                             pipe.publish(channel, raw)
                     await pipe.execute()
-            except (self._redis.RedisError, OSError) as exc:
+            except redis_errors(self._redis) as exc:
                 error = exc
                 if attempt == 1:
                     logger.info("publishing %d broadcasts failed (%s); retrying", len(batch), exc)
@@ -1083,7 +1089,7 @@ class AsyncEmitter(EmitterCore):
             try:
                 await self.publish_with(self._client, channel, raw)
                 return
-            except (self._redis.RedisError, OSError) as exc:
+            except redis_errors(self._redis) as exc:
                 error = exc
         raise BrokerError(f"could not publish to Redis: {error}") from error
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from ..aio.broker import EmitterCore, cluster_retry, envelope_for
+from ..aio.broker import EmitterCore, cluster_retry, envelope_for, redis_errors
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE
 from ..errors import BrokerError
 
@@ -108,7 +108,7 @@ class Emitter(EmitterCore):
                 try:
                     self.publish_with(self._client, channel, raw)
                     return
-                except (self._redis.RedisError, OSError) as exc:
+                except redis_errors(self._redis) as exc:
                     error = exc
         raise BrokerError(f"could not publish to Redis: {error}") from error
 
