@@ -189,11 +189,11 @@ class RedisBroker:
         max_queue: envelopes waiting to be published; past it new ones are dropped.
         sharded: use sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``, Redis 7);
             unset: sharded exactly when ``cluster`` is set.
-        cluster: ``url`` names a node of a Redis Cluster (any node: the others
-            are found from it). Each room's channel is published to, and
-            subscribed on, the node that owns its slot (redis-py's cluster
-            client), with one subscriber connection per node that owns a
-            channel of a local room. Needs sharded pub/sub (``sharded=False``
+        cluster: ``url`` names a node of a Redis Cluster (any node, reachable
+            when the broker starts: the others are found from it). Each room's
+            channel is published to, and subscribed on, the node that owns its
+            slot (redis-py's cluster client), with one subscriber connection
+            per node that owns a channel of a local room. Needs sharded pub/sub (``sharded=False``
             is refused: a plain ``PUBLISH`` in a cluster reaches every node,
             which does not scale) and ``mode="pubsub"``. A failure of any of
             those connections, or a slot that moves to another node, makes the
