@@ -871,6 +871,7 @@ class _ClusterSubscriber:
         self._mapped = False
         self._nodes: dict[str, tuple[Any, Any]] = {}  # node name: (client, PubSub)
         self._where: dict[str, str] = {}  # channel: the name of its node
+        self._reading: set[str] = set()  # the nodes whose connection has its reader task
         self._group: asyncio.TaskGroup | None = None
 
     async def ssubscribe(self, channel: str) -> None:
@@ -893,7 +894,7 @@ class _ClusterSubscriber:
         self._where[channel] = node.name
         await entry[1].ssubscribe(channel)
         if self._group is not None:
-            self._read_node(entry[1])  # a node this session had no channel on yet
+            self._read_node(node.name)  # a node this session had no channel on yet
 
     async def sunsubscribe(self, channel: str) -> None:
         name = self._where.pop(channel, None)
@@ -903,14 +904,14 @@ class _ClusterSubscriber:
     def read_in(self, group: asyncio.TaskGroup) -> None:
         """Read every node's connection, now and as nodes are added, in ``group``."""
         self._group = group
-        for _client, pubsub in self._nodes.values():
-            self._read_node(pubsub)
+        for name in self._nodes:
+            self._read_node(name)
 
-    def _read_node(self, pubsub: Any) -> None:
+    def _read_node(self, name: str) -> None:
         assert self._group is not None
-        if not getattr(pubsub, "_embedws_read", False):
-            pubsub._embedws_read = True  # one reader per connection
-            self._group.create_task(self._read(pubsub))
+        if name not in self._reading:
+            self._reading.add(name)
+            self._group.create_task(self._read(self._nodes[name][1]))
 
     async def _read(self, pubsub: Any) -> None:
         receive = self._broker._receive_safely
