@@ -140,7 +140,7 @@ def redis_errors(redis: Any) -> tuple[type[Exception], ...]:
 
 
 def cluster_retry(retry_class: Any = None) -> Any:
-    """The ``Retry`` of a cluster client: one more try, at once, on the slot map read again.
+    """The ``Retry`` of a cluster client: one more try, at once.
 
     ``MOVED``/``ASK`` redirects do not count (redis-py follows them apart); the
     default (three tries, with a back-off of up to seconds) would make a publish
