@@ -897,6 +897,12 @@ def test_a_killed_and_restarted_cluster_node_is_survived(
         cluster_rooms_work(a, b, rooms, "before")
         node = redis_cluster.owner(f"{PREFIX}:room:{y}")
         node.kill()
+        # The rooms of the other nodes go on meanwhile, and so does {prefix}:all.
+        cluster_rooms_work(a, b, {x: rooms[x]}, "during")
+        rooms[x][1].send("all:to-chat")
+        for pair in rooms.values():
+            for ws in pair:
+                assert ws.recv(timeout=seconds(5)) == "to-chat"
         node.start()  # the same port and nodes.conf: the same node, its slots again
         redis_cluster.wait_ok()
         assert reconnected.acquire(timeout=10_000 * MS)

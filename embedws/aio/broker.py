@@ -52,13 +52,15 @@ client (``redis.asyncio.cluster.RedisCluster``, which routes each command, and
 each command of a pipeline, by slot and follows ``MOVED``), and a session of
 the listener is `_ClusterSubscriber`: one ``PubSub`` connection per node that
 owns a subscribed channel, placed by the slot map of a second cluster client,
-refreshed at the start of every session. Not redis-py's ``ClusterPubSub``: it
-hides a node's failure (it reconnects and replays the subscriptions on its
-own), so the broker could neither back off nor fire ``reconnected``. Here any
-failure of any node's connection ends the session like a failure of the one
-connection does outside a cluster; so does a slot that moves (Redis tells its
-subscribers with an ``sunsubscribe`` they did not ask for): the next session
-reads the new slot map and subscribes each channel on its owner.
+read at the start of every session. Not redis-py's ``ClusterPubSub``: it hides
+a node's failure (it reconnects and replays the subscriptions on its own), so
+the broker could neither back off nor fire ``reconnected``. Here a node's
+failed connection, or a slot that moves (Redis tells its subscribers with an
+``sunsubscribe`` they did not ask for), puts only the channels concerned aside:
+the session's repair task reads the slot map again after a back-off and
+subscribes them on their owner, then fires ``reconnected``, while the other
+nodes' channels go on. A session fails whole only when no node can be
+subscribed (or its slot map read).
 
 Room membership and ``app.connections`` stay per process.
 """
@@ -193,13 +195,13 @@ class RedisBroker:
             when the broker starts: the others are found from it). Each room's
             channel is published to, and subscribed on, the node that owns its
             slot (redis-py's cluster client), with one subscriber connection
-            per node that owns a channel of a local room. Needs sharded pub/sub (``sharded=False``
-            is refused: a plain ``PUBLISH`` in a cluster reaches every node,
-            which does not scale) and ``mode="pubsub"``. A failure of any of
-            those connections, or a slot that moves to another node, makes the
-            broker subscribe everything again, on the current slot map (back-off,
-            then ``reconnected``), as a failure of the one connection does
-            outside a cluster.
+            per node that owns a channel of a local room. Needs sharded pub/sub
+            (``sharded=False`` is refused: a plain ``PUBLISH`` in a cluster
+            reaches every node, which does not scale) and ``mode="pubsub"``. A
+            failure of one of those connections, or a slot that moves to another
+            node, makes the broker subscribe the channels concerned again on
+            the current slot map (back-off, then ``reconnected``); the rooms of
+            the other nodes go on meanwhile.
         mode: ``"pubsub"`` (default) or ``"streams"``: gap-free delivery on Redis
             streams, each process reading on from the last entry it delivered,
             so what is published while it is cut off from Redis arrives once it
@@ -625,6 +627,8 @@ class RedisBroker:
                     await self._follow_everything()
                 else:
                     await self._subscribe_everything(pubsub)
+                    if self.cluster:
+                        pubsub.check_subscribed()
                 subscribed = True
                 sessions += 1
                 if self._ready is not None:
@@ -858,8 +862,14 @@ class _ClusterSubscriber:
 
     Each channel is subscribed on the node that owns its slot in ``topology``'s
     slot map (read again when ``fresh_map``: a session after a failure). Every
-    node's connection has a reader task in the session's task group; a reader
-    that fails, or that hears of a slot moved away, ends the session.
+    node's connection has a reader task in the session's task group. A node
+    whose connection fails, or a slot that moves away (Redis sends an
+    ``sunsubscribe`` we did not ask for), costs only the channels concerned:
+    they wait, and a repair task subscribes them again on a fresh slot map after
+    a back-off (0.1 s doubling to 5 s, reset by a confirmed subscription), then
+    fires ``reconnected``; the rooms on the other nodes go on meanwhile. The
+    session itself ends only when no node could be subscribed at all, or the
+    slot map cannot be read at its start.
 
     Thread contract: the broker's loop only.
     """
@@ -873,16 +883,22 @@ class _ClusterSubscriber:
         self._where: dict[str, str] = {}  # channel: the name of its node
         self._reading: set[str] = set()  # the nodes whose connection has its reader task
         self._group: asyncio.TaskGroup | None = None
+        self._orphans: set[str] = set()  # wanted channels that no node's connection holds now
+        self._orphaned = asyncio.Event()
+        self._delay = _BACKOFF_FIRST
+
+    async def _map(self, fresh: bool) -> None:
+        if fresh:  # a slot may have moved, or a node failed over
+            await self._topology.nodes_manager.initialize()
+        await self._topology.initialize()
+        # Read once: its connections would only idle until the next read.
+        for node in self._topology.get_nodes():
+            await node.disconnect()
 
     async def ssubscribe(self, channel: str) -> None:
         if not self._mapped:
-            if self._fresh_map:  # a slot may have moved, or a node failed over
-                await self._topology.nodes_manager.initialize()
-            await self._topology.initialize()
+            await self._map(self._fresh_map)
             self._mapped = True
-            # Read once a session: its connections would only idle until the next.
-            for node in self._topology.get_nodes():
-                await node.disconnect()
         node = self._topology.get_node_from_key(channel)
         entry = self._nodes.get(node.name)
         if entry is None:
@@ -892,52 +908,125 @@ class _ClusterSubscriber:
             client = redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options))
             entry = self._nodes[node.name] = (client, client.pubsub())
         self._where[channel] = node.name
-        await entry[1].ssubscribe(channel)
+        self._orphans.discard(channel)
+        try:
+            await entry[1].ssubscribe(channel)
+        except redis_errors(self._broker._redis) as exc:
+            await self._lose_node(node.name, entry, exc)
+            return
         if self._group is not None:
             self._read_node(node.name)  # a node this session had no channel on yet
 
     async def sunsubscribe(self, channel: str) -> None:
+        self._orphans.discard(channel)
         name = self._where.pop(channel, None)
         if name is not None:
             await self._nodes[name][1].sunsubscribe(channel)
+
+    def check_subscribed(self) -> None:
+        """Raise ``BrokerError`` when no node took a subscription (the session failed)."""
+        if not self._where:
+            raise BrokerError("no node of the Redis Cluster could be subscribed")
 
     def read_in(self, group: asyncio.TaskGroup) -> None:
         """Read every node's connection, now and as nodes are added, in ``group``."""
         self._group = group
         for name in self._nodes:
             self._read_node(name)
+        group.create_task(self._repair())
 
     def _read_node(self, name: str) -> None:
         assert self._group is not None
         if name not in self._reading:
             self._reading.add(name)
-            self._group.create_task(self._read(self._nodes[name][1]))
+            self._group.create_task(self._read(name, self._nodes[name]))
 
-    async def _read(self, pubsub: Any) -> None:
+    async def _read(self, name: str, entry: tuple[Any, Any]) -> None:
         receive = self._broker._receive_safely
+        pubsub = entry[1]
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=_READ_POLL)
+                if message is None:
+                    continue
+                kind = message["type"]
+                if kind == "smessage":
+                    receive(message["channel"], message["data"])
+                elif kind == "ssubscribe":
+                    self._broker._answered = True
+                    self._delay = _BACKOFF_FIRST
+                elif kind == "sunsubscribe":
+                    raw = message["channel"]
+                    channel = raw.decode() if isinstance(raw, bytes) else raw
+                    if self._where.get(channel) == name:
+                        # Not ours: Redis drops the subscribers of a slot that moved.
+                        logger.warning("the slot of %s moved: subscribing it again", channel)
+                        del self._where[channel]
+                        self._orphans.add(channel)
+                        self._orphaned.set()
+        except Exception as exc:
+            if self._nodes.get(name) is not entry:
+                return  # given up already (a failed subscribe closed it): an expected end
+            if not isinstance(exc, redis_errors(self._broker._redis)):
+                raise
+            await self._lose_node(name, entry, exc)
+
+    async def _lose_node(self, name: str, entry: tuple[Any, Any], cause: Exception) -> None:
+        """A node's connection failed: its channels wait for the repair, the others go on."""
+        if self._nodes.get(name) is not entry:
+            return  # that connection was already given up
+        del self._nodes[name]
+        self._reading.discard(name)
+        lost = [channel for channel, node in self._where.items() if node == name]
+        for channel in lost:
+            del self._where[channel]
+        self._orphans.update(lost)
+        self._orphaned.set()
+        logger.warning(
+            "Redis Cluster node %s lost: %s; %d channels wait (%.1f s)",
+            name,
+            cause,
+            len(lost),
+            self._delay,
+        )
+        await _close_client(entry)
+
+    async def _repair(self) -> None:
+        broker = self._broker
         while True:
-            message = await pubsub.get_message(timeout=_READ_POLL)
-            if message is None:
+            await self._orphaned.wait()
+            delay = self._delay
+            self._delay = min(delay * 2, _BACKOFF_MAX)  # reset by a confirmed subscription
+            await asyncio.sleep(delay)
+            self._orphaned.clear()
+            self._orphans &= broker._subscribed  # rooms left meanwhile
+            try:
+                if self._orphans:
+                    await self._map(True)
+            except redis_errors(broker._redis) as exc:
+                logger.warning("reading the Redis Cluster's slot map failed: %s", exc)
+                self._orphaned.set()
                 continue
-            kind = message["type"]
-            if kind == "smessage":
-                receive(message["channel"], message["data"])
-            elif kind == "ssubscribe":
-                self._broker._answered = True
-            elif kind == "sunsubscribe":
-                channel = message["channel"]
-                name = channel.decode() if isinstance(channel, bytes) else channel
-                if name in self._where:
-                    # Not ours: Redis drops the subscribers of a slot that moved.
-                    raise BrokerError(f"the slot of {name} moved to another node")
+            for channel in sorted(self._orphans):
+                await self.ssubscribe(channel)
+            if self._orphans:
+                continue  # a node still failed: _lose_node set the event again
+            broker._count("reconnects")
+            logger.info("subscribed to Redis Cluster nodes again")
+            broker._fire("reconnected")
 
     async def aclose(self) -> None:
         nodes, self._nodes = list(self._nodes.values()), {}
-        for client, pubsub in nodes:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        for entry in nodes:
+            await _close_client(entry)
+
+
+async def _close_client(entry: tuple[Any, Any]) -> None:
+    client, pubsub = entry
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()
+    with contextlib.suppress(Exception):
+        await client.aclose()
 
 
 def check_cluster(cluster: bool, sharded: bool | None, mode: str) -> bool:
