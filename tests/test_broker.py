@@ -970,6 +970,27 @@ def test_a_cluster_broker_stops_without_a_connection_or_descriptor_left(
         wait_until(lambda: cluster_clients(redis_cluster) == [0, 0, 0], "Redis saw them close")
 
 
+def test_a_cluster_node_that_refuses_the_subscription_is_retried_with_back_off(
+    redis_cluster: RedisClusterServers, logs: LogWaiter
+) -> None:
+    for node in redis_cluster.nodes:  # ACLs are per node
+        r = node.client()
+        try:
+            r.execute_command("ACL", "SETUSER", "nochannels", "on", ">pw", "~*", "+@all")
+            r.execute_command("ACL", "SETUSER", "nochannels", "resetchannels")
+        finally:
+            r.close()
+    seed = redis_cluster.nodes[0].port
+    url = f"redis://nochannels:pw@127.0.0.1:{seed}"
+    app = chat_app("a", "async", embedws.RedisBroker(url, prefix=PREFIX, cluster=True))
+    with serving(app):
+        # The refusal comes back as a reply to SSUBSCRIBE: no hot loop at 0.1 s.
+        logs.wait_for("channels wait (0.4 s)", level=logging.WARNING)
+        lost = [m for m in logs.messages() if m.startswith("Redis Cluster node")]
+        assert "no permissions" in lost[0]
+        assert [m.rpartition("wait ")[2] for m in lost[:3]] == ["(0.1 s)", "(0.2 s)", "(0.4 s)"]
+
+
 def test_a_slot_moved_under_a_live_subscription_is_followed(
     redis_cluster: RedisClusterServers,
 ) -> None:
