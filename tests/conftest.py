@@ -364,7 +364,8 @@ def raw_frame(
 class RedisServer:
     """Debian's ``redis-server`` on a free loopback port, no persistence; killable."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, extra: tuple[str, ...] = ()) -> None:
+        self.extra = extra  # more redis-server options (a cluster node's)
         with socket.socket() as probe:  # a free port; redis binds it right after
             probe.bind(("127.0.0.1", 0))
             self.port = int(probe.getsockname()[1])
@@ -390,6 +391,7 @@ class RedisServer:
                 self.workdir,
                 "--daemonize",
                 "no",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -423,6 +425,82 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=seconds(5))
 
 
+class RedisClusterServers:
+    """A Redis Cluster of three masters, no replicas: Debian's ``redis-server``, killable nodes."""
+
+    def __init__(self, workdir: str, size: int = 3) -> None:
+        self.nodes: list[RedisServer] = []
+        for _ in range(size):
+            node = RedisServer(workdir)
+            with socket.socket() as probe:  # the bus port: by default port + 10000, maybe > 65535
+                probe.bind(("127.0.0.1", 0))
+                bus = int(probe.getsockname()[1])
+            node.extra = (
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                os.path.join(workdir, f"nodes-{node.port}.conf"),
+                "--cluster-port",
+                str(bus),
+            )
+            self.nodes.append(node)
+        # A seed node: redis-py's cluster client learns the others from it.
+        self.url = f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=seconds(30),
+        )
+        self.wait_ok()
+
+    def wait_ok(self) -> None:
+        """Poll ``CLUSTER INFO`` on every node until each says ``cluster_state:ok``."""
+        deadline = time.monotonic() + seconds(20)
+        for node in self.nodes:
+            r = node.client()
+            try:
+                while r.execute_command("CLUSTER INFO").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"cluster not ok on {node.port}")
+                    time.sleep(seconds(0.01))
+            finally:
+                r.close()
+
+    def owner(self, channel: str) -> RedisServer:
+        """The node that owns ``channel``'s hash slot (from ``CLUSTER SLOTS``)."""
+        from redis.crc import key_slot
+
+        slot = key_slot(channel.encode())
+        r = self.nodes[0].client()
+        try:
+            ranges = r.execute_command("CLUSTER SLOTS")
+        finally:
+            r.close()
+        for first, last, master, *_replicas in ranges:
+            if first <= slot <= last:
+                port = int(master[1])
+                return next(node for node in self.nodes if node.port == port)
+        raise AssertionError(f"no node owns slot {slot}")
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
 @pytest.fixture
 def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
     """A fresh ``redis-server`` for the test (skipped, with the reason, if none is installed)."""
@@ -437,6 +515,23 @@ def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Any) -> Iterator[RedisClusterServers]:
+    """A fresh three-node Redis Cluster for the test (skipped, with the reason, without Redis)."""
+    import shutil
+
+    for program in ("redis-server", "redis-cli"):
+        if shutil.which(program) is None:
+            pytest.skip(f"{program} is not installed (scripts/install-system-deps installs it)")
+    pytest.importorskip("redis", reason="redis-py is not installed (the embedws[redis] extra)")
+    cluster = RedisClusterServers(str(tmp_path))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -27,7 +27,16 @@ import embedws
 from embedws.broker import Envelope, EnvelopeError, SequenceTracker, decode, encode
 from embedws.errors import BrokerError
 
-from .conftest import MS, LogWaiter, RedisServer, add_handler, client, seconds, serving
+from .conftest import (
+    MS,
+    LogWaiter,
+    RedisClusterServers,
+    RedisServer,
+    add_handler,
+    client,
+    seconds,
+    serving,
+)
 
 PREFIX = "t"
 
@@ -122,14 +131,14 @@ def join(server: embedws.sync.Server, room: str) -> Any:
     return ws
 
 
-def broker(redis: RedisServer, **options: Any) -> embedws.RedisBroker:
+def broker(redis: RedisServer | RedisClusterServers, **options: Any) -> embedws.RedisBroker:
     options.setdefault("prefix", PREFIX)
     return embedws.RedisBroker(redis.url, **options)
 
 
 @contextlib.contextmanager
 def two_servers(
-    kind: str, redis: RedisServer, **options: Any
+    kind: str, redis: RedisServer | RedisClusterServers, **options: Any
 ) -> Iterator[tuple[embedws.sync.Server, embedws.sync.Server]]:
     """Two apps with a broker each on one Redis: two processes, as far as Redis knows."""
     app_a = chat_app("a", kind, broker(redis, **options))
@@ -480,6 +489,31 @@ def test_stop_leaves_no_redis_connection_and_no_descriptor(redis_server: RedisSe
     wait_until(lambda: redis_clients(redis_server) == 0, "Redis saw them close")
 
 
+def test_a_subscription_redis_refuses_backs_off(redis_server: RedisServer, logs: LogWaiter) -> None:
+    # SUBSCRIBE goes out fine and the refusal comes back as a reply (here NOPERM;
+    # on a cluster MOVED or CLUSTERDOWN): the session did not work, so the
+    # back-off must grow, not start over at 0.1 s every time.
+    r = redis_server.client()
+    try:
+        r.execute_command("ACL", "SETUSER", "nochannels", "on", ">pw", "~*", "+@all")
+        r.execute_command("ACL", "SETUSER", "nochannels", "resetchannels")
+    finally:
+        r.close()
+    url = f"redis://nochannels:pw@127.0.0.1:{redis_server.port}/0"
+    app = chat_app("a", "async", embedws.RedisBroker(url, prefix=PREFIX))
+    with serving(app):
+        logs.wait_for("again in 0.4 s", level=logging.WARNING)
+        retries = [m for m in logs.messages() if m.startswith("Redis subscriber")]
+        assert "no permissions" in retries[0]
+        assert [m.rpartition("again in ")[2] for m in retries[:3]] == ["0.1 s", "0.2 s", "0.4 s"]
+        assert broker_of_app(app).stats()["reconnects"] >= 2
+
+
+def broker_of_app(app: embedws.App) -> embedws.RedisBroker:
+    assert app.broker is not None
+    return app.broker
+
+
 def test_redis_down_at_start_serves_locally_then_subscribes(
     redis_server: RedisServer, logs: LogWaiter
 ) -> None:
@@ -690,6 +724,312 @@ def test_sharded_pub_sub(redis_server: RedisServer) -> None:
         assert b1.recv(timeout=seconds(5)) == "emitted"
         a1.close()
         b1.close()
+
+
+# Redis Cluster: each channel on the node that owns its slot -----------------------------------
+
+# What today's sharded broker is asked for on a cluster; the cluster tests use it.
+CLUSTER = {"cluster": True}
+
+
+def rooms_on_different_nodes(cluster: RedisClusterServers) -> tuple[str, str]:
+    """Two rooms whose channels live on two different nodes, neither the node of ``all``."""
+    others = {cluster.owner(f"{PREFIX}:all").port}
+    found: list[str] = []
+    for i in range(1000):
+        name = f"r{i}"
+        port = cluster.owner(f"{PREFIX}:room:{name}").port
+        if port not in others:
+            others.add(port)
+            found.append(name)
+            if len(found) == 2:
+                return found[0], found[1]
+    raise AssertionError("no two rooms on two other nodes")
+
+
+def shardnumsub(cluster: RedisClusterServers, channel: str) -> int:
+    """Subscribers of a shard channel, asked of the node that owns it."""
+    r = cluster.owner(channel).client()
+    try:
+        return int(r.pubsub_shardnumsub(channel)[0][1])
+    finally:
+        r.close()
+
+
+def wait_subscribed(
+    cluster: RedisClusterServers, rooms: tuple[str, ...], count: int = 2, servers: int = 2
+) -> None:
+    """``count`` subscribers of each room's channel, and ``servers`` of ``all``, on their nodes."""
+    wait_until(
+        lambda: shardnumsub(cluster, f"{PREFIX}:all") == servers,
+        f"{servers} subscribers of {PREFIX}:all on its node",
+    )
+    for channel in [f"{PREFIX}:room:{room}" for room in rooms]:
+        wait_until(
+            lambda channel=channel: shardnumsub(cluster, channel) == count,  # type: ignore[misc]
+            f"{count} subscribers of {channel} on its node",
+        )
+
+
+def test_cluster_options_are_checked(redis_server: RedisServer) -> None:
+    assert broker(redis_server, cluster=True).sharded
+    assert not broker(redis_server).sharded and broker(redis_server, sharded=True).sharded
+    with pytest.raises(ValueError, match="cluster=True needs sharded"):
+        broker(redis_server, cluster=True, sharded=False)
+    with pytest.raises(ValueError, match="not with streams"):
+        broker(redis_server, cluster=True, mode="streams")
+    with pytest.raises(ValueError, match="cluster=True needs sharded"):
+        embedws.Emitter(redis_server.url, cluster=True, sharded=False)
+    with pytest.raises(ValueError, match="not with streams"):
+        embedws.AsyncEmitter(redis_server.url, cluster=True, mode="streams")
+
+
+def test_a_cluster_carries_rooms_on_different_nodes(
+    kind: str, redis_cluster: RedisClusterServers
+) -> None:
+    x, y = rooms_on_different_nodes(redis_cluster)
+    with two_servers(kind, redis_cluster, **CLUSTER) as (a, b):
+        ax, bx, ay, by = join(a, x), join(b, x), join(a, y), join(b, y)
+        b_other = client(f"{b.url}/other")
+        wait_subscribed(redis_cluster, (x, y))
+        ax.send("say:on-x")
+        assert bx.recv(timeout=seconds(5)) == "on-x"
+        by.send("say:on-y")
+        assert ay.recv(timeout=seconds(5)) == "on-y"
+        ay.send("all:to-chat")  # app.broadcast(route="chat") on {prefix}:all
+        for ws in (ax, bx, ay, by):
+            assert ws.recv(timeout=seconds(5)) == "to-chat"
+        app_of(a).broadcast("to-everyone")
+        for ws in (ax, bx, ay, by, b_other):
+            assert ws.recv(timeout=seconds(5)) == "to-everyone"
+        for server in (a, b):
+            stats = broker_of(server).stats()
+            assert stats["publish_failed"] == 0 and stats["reconnects"] == 0
+        for ws in (ax, bx, ay, by, b_other):
+            ws.close()
+        # The last member left: each room's channel is dropped on its own node.
+        wait_until(
+            lambda: (
+                shardnumsub(redis_cluster, f"{PREFIX}:room:{x}") == 0
+                and shardnumsub(redis_cluster, f"{PREFIX}:room:{y}") == 0
+            ),
+            "rooms unsubscribed",
+        )
+
+
+def test_emitters_reach_rooms_on_different_nodes(redis_cluster: RedisClusterServers) -> None:
+    x, y = rooms_on_different_nodes(redis_cluster)
+    with two_servers("async", redis_cluster, **CLUSTER) as (a, b):
+        ax, by = join(a, x), join(b, y)
+        wait_subscribed(redis_cluster, (x, y), count=1)
+        with embedws.Emitter(redis_cluster.url, prefix=PREFIX, cluster=True) as emit:
+            emit.room(x).broadcast("sync-x")
+            emit.room(y).broadcast("sync-y")
+            emit.broadcast("sync-all")
+        assert ax.recv(timeout=seconds(5)) == "sync-x"
+        assert by.recv(timeout=seconds(5)) == "sync-y"
+
+        async def emit_async() -> None:
+            async with embedws.AsyncEmitter(
+                redis_cluster.url, prefix=PREFIX, cluster=True
+            ) as emitter:
+                await emitter.room(x).broadcast("async-x")
+                await emitter.room(y).broadcast("async-y")
+                await emitter.broadcast("async-all")
+
+        asyncio.run(emit_async())
+        assert ax.recv(timeout=seconds(5)) == "sync-all"
+        assert ax.recv(timeout=seconds(5)) == "async-x"
+        assert ax.recv(timeout=seconds(5)) == "async-all"
+        assert by.recv(timeout=seconds(5)) == "sync-all"
+        assert by.recv(timeout=seconds(5)) == "async-y"
+        assert by.recv(timeout=seconds(5)) == "async-all"
+        ax.close()
+        by.close()
+
+
+def test_emitters_with_the_channels_node_down_raise(redis_cluster: RedisClusterServers) -> None:
+    x, _y = rooms_on_different_nodes(redis_cluster)
+    emit = embedws.Emitter(redis_cluster.url, prefix=PREFIX, cluster=True, socket_timeout=1000 * MS)
+    try:
+        emit.room(x).broadcast("reaches-redis")  # the slot map is read
+        down = redis_cluster.owner(f"{PREFIX}:room:{x}")
+        down.kill()
+        started = time.monotonic()
+        with pytest.raises(BrokerError, match="could not publish"):
+            emit.room(x).broadcast("lost")
+        # Two tries of the cluster client's, twice; no back-off of seconds between.
+        assert time.monotonic() - started < 4000 * MS
+    finally:
+        emit.close()
+
+    async def emit_async() -> None:
+        # Its only seed is the node that is down: a cluster error, not a RedisError.
+        async with embedws.AsyncEmitter(
+            down.url, prefix=PREFIX, cluster=True, socket_timeout=1000 * MS
+        ) as emitter:
+            with pytest.raises(BrokerError, match="could not publish"):
+                await emitter.room(x).broadcast("lost")
+
+    started = time.monotonic()
+    asyncio.run(emit_async())
+    assert time.monotonic() - started < 4000 * MS
+
+
+def cluster_rooms_work(a: Any, b: Any, rooms: dict[str, tuple[Any, Any]], word: str) -> None:
+    for room, (on_a, on_b) in rooms.items():
+        on_a.send(f"say:{word}-{room}")
+        assert on_b.recv(timeout=seconds(5)) == f"{word}-{room}"
+        on_b.send(f"say:back-{room}")
+        assert on_a.recv(timeout=seconds(5)) == f"back-{room}"
+
+
+def test_a_killed_and_restarted_cluster_node_is_survived(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    x, y = rooms_on_different_nodes(redis_cluster)
+    reconnected = threading.Semaphore(0)
+    with two_servers("async", redis_cluster, **CLUSTER) as (a, b):
+        for server in (a, b):
+            broker_of(server).on("reconnected", lambda _broker: reconnected.release())
+        rooms = {x: (join(a, x), join(b, x)), y: (join(a, y), join(b, y))}
+        wait_subscribed(redis_cluster, (x, y))
+        cluster_rooms_work(a, b, rooms, "before")
+        node = redis_cluster.owner(f"{PREFIX}:room:{y}")
+        node.kill()
+        # The rooms of the other nodes go on meanwhile, and so does {prefix}:all.
+        cluster_rooms_work(a, b, {x: rooms[x]}, "during")
+        rooms[x][1].send("all:to-chat")
+        for pair in rooms.values():
+            for ws in pair:
+                assert ws.recv(timeout=seconds(5)) == "to-chat"
+        node.start()  # the same port and nodes.conf: the same node, its slots again
+        redis_cluster.wait_ok()
+        assert reconnected.acquire(timeout=10_000 * MS)
+        assert reconnected.acquire(timeout=10_000 * MS)  # a and b
+        wait_subscribed(redis_cluster, (x, y))
+        cluster_rooms_work(a, b, rooms, "after")
+        for server in (a, b):
+            assert broker_of(server).stats()["reconnects"] >= 1
+        for pair in rooms.values():
+            for ws in pair:
+                ws.close()
+
+
+def test_killed_cluster_subscriber_connections_are_survived(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    x, y = rooms_on_different_nodes(redis_cluster)
+    reconnected = threading.Semaphore(0)
+    with two_servers("async", redis_cluster, **CLUSTER) as (a, b):
+        for server in (a, b):
+            broker_of(server).on("reconnected", lambda _broker: reconnected.release())
+        rooms = {x: (join(a, x), join(b, x)), y: (join(a, y), join(b, y))}
+        wait_subscribed(redis_cluster, (x, y))
+        cluster_rooms_work(a, b, rooms, "warm-up")  # the publishers connect
+        fds = len(os.listdir("/proc/self/fd"))
+        connections = cluster_clients(redis_cluster)
+        for round_ in range(10):
+            victim = redis_cluster.nodes[round_ % len(redis_cluster.nodes)].client()
+            try:
+                assert victim.client_kill_filter(_type="pubsub") >= 1
+            finally:
+                victim.close()
+            assert reconnected.acquire(timeout=10_000 * MS)
+            assert reconnected.acquire(timeout=10_000 * MS)
+            wait_subscribed(redis_cluster, (x, y))
+            cluster_rooms_work(a, b, rooms, f"round{round_}")
+        assert len(os.listdir("/proc/self/fd")) == fds
+        wait_until(lambda: cluster_clients(redis_cluster) == connections, "no extra connection")
+        for pair in rooms.values():
+            for ws in pair:
+                ws.close()
+    wait_until(lambda: cluster_clients(redis_cluster) == [0, 0, 0], "Redis saw them all close")
+
+
+def cluster_clients(cluster: RedisClusterServers) -> list[int]:
+    """Connections each node has, other than the one asking."""
+    return [redis_clients(node) for node in cluster.nodes]
+
+
+def test_a_cluster_broker_stops_without_a_connection_or_descriptor_left(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    x, y = rooms_on_different_nodes(redis_cluster)
+    fds = len(os.listdir("/proc/self/fd"))
+    app = chat_app("a", "async", broker(redis_cluster, **CLUSTER))
+    for _ in range(2):  # an app is restartable, and so is its broker
+        with serving(app) as server:
+            ax, ay = join(server, x), join(server, y)
+            wait_subscribed(redis_cluster, (x, y), count=1, servers=1)
+            app.room(x).broadcast("hi")  # the publisher connects
+            assert ax.recv(timeout=seconds(5)) == "hi"
+            ax.close()
+            ay.close()
+        assert len(os.listdir("/proc/self/fd")) == fds  # closed on our side: at once
+        wait_until(lambda: cluster_clients(redis_cluster) == [0, 0, 0], "Redis saw them close")
+
+
+def test_a_cluster_node_that_refuses_the_subscription_is_retried_with_back_off(
+    redis_cluster: RedisClusterServers, logs: LogWaiter
+) -> None:
+    for node in redis_cluster.nodes:  # ACLs are per node
+        r = node.client()
+        try:
+            r.execute_command("ACL", "SETUSER", "nochannels", "on", ">pw", "~*", "+@all")
+            r.execute_command("ACL", "SETUSER", "nochannels", "resetchannels")
+        finally:
+            r.close()
+    seed = redis_cluster.nodes[0].port
+    url = f"redis://nochannels:pw@127.0.0.1:{seed}"
+    app = chat_app("a", "async", embedws.RedisBroker(url, prefix=PREFIX, cluster=True))
+    with serving(app):
+        # The refusal comes back as a reply to SSUBSCRIBE: no hot loop at 0.1 s.
+        logs.wait_for("channels wait (0.4 s)", level=logging.WARNING)
+        lost = [m for m in logs.messages() if m.startswith("Redis Cluster node")]
+        assert "no permissions" in lost[0]
+        assert [m.rpartition("wait ")[2] for m in lost[:3]] == ["(0.1 s)", "(0.2 s)", "(0.4 s)"]
+
+
+def test_a_slot_moved_under_a_live_subscription_is_followed(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    from redis.crc import key_slot
+
+    x, y = rooms_on_different_nodes(redis_cluster)
+    reconnected = threading.Semaphore(0)
+    with two_servers("async", redis_cluster, **CLUSTER) as (a, b):
+        for server in (a, b):
+            broker_of(server).on("reconnected", lambda _broker: reconnected.release())
+        rooms = {x: (join(a, x), join(b, x)), y: (join(a, y), join(b, y))}
+        wait_subscribed(redis_cluster, (x, y))
+        channel = f"{PREFIX}:room:{x}"
+        source, target = redis_cluster.owner(channel), redis_cluster.owner(f"{PREFIX}:room:{y}")
+        slot = key_slot(channel.encode())
+        clients = {node.port: node.client() for node in redis_cluster.nodes}
+        try:
+            ids = {port: r.execute_command("CLUSTER MYID").decode() for port, r in clients.items()}
+            clients[target.port].execute_command(
+                "CLUSTER SETSLOT", slot, "IMPORTING", ids[source.port]
+            )
+            clients[source.port].execute_command(
+                "CLUSTER SETSLOT", slot, "MIGRATING", ids[target.port]
+            )
+            for port in (target.port, source.port):  # the slot holds no keys: nothing to move
+                clients[port].execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target.port])
+        finally:
+            for r in clients.values():
+                r.close()
+        # The slot's subscribers on the old node are dropped (an sunsubscribe
+        # they did not ask for): each broker subscribes again, on the new owner.
+        assert reconnected.acquire(timeout=10_000 * MS)
+        assert reconnected.acquire(timeout=10_000 * MS)
+        wait_until(lambda: redis_cluster.owner(channel).port == target.port, "the slot moved")
+        wait_subscribed(redis_cluster, (x, y))
+        cluster_rooms_work(a, b, rooms, "moved")
+        for pair in rooms.values():
+            for ws in pair:
+                ws.close()
 
 
 # Streams mode, and what pub/sub loses while cut off --------------------------------------------

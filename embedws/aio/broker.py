@@ -16,8 +16,10 @@ redis-py's asyncio client, on two connections:
   a syncer (subscribe when a room gets its first local member, unsubscribe when
   it loses its last) until anything fails. A failure (refused, killed server,
   timeout) closes the session's connection; the next session starts after a
-  back-off of 0.1 s doubling to 5 s, reset by a session that subscribed, and
-  fires ``reconnected`` once subscribed again.
+  back-off of 0.1 s doubling to 5 s, reset by a session that Redis answered
+  (a subscription confirmed: sending SUBSCRIBE is not enough, since a refusal
+  such as ``MOVED`` or ``NOPERM`` comes back as a reply), and fires
+  ``reconnected`` once subscribed again.
 * The publisher, a plain client with ``socket_timeout``. ``publish`` is called
   in the broadcasting thread after the local delivery; under ``_lock`` it takes
   the channel's next sequence number, encodes the envelope and appends it to
@@ -43,6 +45,22 @@ What arrives is decoded (never unpickled), own echoes are dropped, repeats
 dropped, sequence gaps counted per peer node and reported, and the message is
 written to the local members through ``Registry.deliver``, as a broadcast of
 this process would be.
+
+Redis Cluster (``cluster=True``, sharded pub/sub): a channel lives on the
+node that owns its hash slot, so SPUBLISH goes through redis-py's cluster
+client (``redis.asyncio.cluster.RedisCluster``, which routes each command, and
+each command of a pipeline, by slot and follows ``MOVED``), and a session of
+the listener is `_ClusterSubscriber`: one ``PubSub`` connection per node that
+owns a subscribed channel, placed by the slot map of a second cluster client,
+read at the start of every session. Not redis-py's ``ClusterPubSub``: it hides
+a node's failure (it reconnects and replays the subscriptions on its own), so
+the broker could neither back off nor fire ``reconnected``. Here a node's
+failed connection, or a slot that moves (Redis tells its subscribers with an
+``sunsubscribe`` they did not ask for), puts only the channels concerned aside:
+the session's repair task reads the slot map again after a back-off and
+subscribes them on their owner, then fires ``reconnected``, while the other
+nodes' channels go on. A session fails whole only when no node can be
+subscribed (or its slot map read).
 
 Room membership and ``app.connections`` stay per process.
 """
@@ -79,10 +97,13 @@ __all__ = [
     "AsyncEmitter",
     "EmitterCore",
     "RedisBroker",
+    "check_cluster",
     "check_mode",
+    "cluster_retry",
     "envelope_for",
     "import_redis",
     "no_retry",
+    "redis_errors",
 ]
 
 logger = logging.getLogger("embedws.broker")
@@ -113,6 +134,25 @@ def no_retry() -> Any:
     from redis.backoff import NoBackoff  # noqa: PLC0415
 
     return Retry(NoBackoff(), 0)
+
+
+def redis_errors(redis: Any) -> tuple[type[Exception], ...]:
+    """What a failed Redis command raises: a cluster's own errors are no ``RedisError``."""
+    return (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
+
+
+def cluster_retry(retry_class: Any = None) -> Any:
+    """The ``Retry`` of a cluster client: one more try, at once.
+
+    ``MOVED``/``ASK`` redirects do not count (redis-py follows them apart); the
+    default (three tries, with a back-off of up to seconds) would make a publish
+    to a node that is down take several seconds before the caller's own retry.
+    ``retry_class``: redis-py's blocking ``Retry`` for a blocking client.
+    """
+    from redis.asyncio.retry import Retry  # noqa: PLC0415
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+
+    return (retry_class or Retry)(NoBackoff(), 1)
 
 
 class RedisBroker:
@@ -149,14 +189,26 @@ class RedisBroker:
         on_error: ``"log"`` or ``"raise"``, see above.
         max_message_size: the largest payload published or accepted, in bytes.
         max_queue: envelopes waiting to be published; past it new ones are dropped.
-        sharded: use sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``, Redis 7).
+        sharded: use sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``, Redis 7);
+            unset: sharded exactly when ``cluster`` is set.
+        cluster: ``url`` names a node of a Redis Cluster (any node, reachable
+            when the broker starts: the others are found from it). Each room's
+            channel is published to, and subscribed on, the node that owns its
+            slot (redis-py's cluster client), with one subscriber connection
+            per node that owns a channel of a local room. Needs sharded pub/sub
+            (``sharded=False`` is refused: a plain ``PUBLISH`` in a cluster
+            reaches every node, which does not scale) and ``mode="pubsub"``. A
+            failure of one of those connections, or a slot that moves to another
+            node, makes the broker subscribe the channels concerned again on
+            the current slot map (back-off, then ``reconnected``); the rooms of
+            the other nodes go on meanwhile.
         mode: ``"pubsub"`` (default) or ``"streams"``: gap-free delivery on Redis
             streams, each process reading on from the last entry it delivered,
             so what is published while it is cut off from Redis arrives once it
             is back, in order (bounded by ``stream_maxlen``). The streams stay
             in Redis (``{prefix}:all``, ``{prefix}:room:{name}``), each trimmed
             to about ``stream_maxlen`` entries. Every process of the app and
-            every emitter must use the same mode.
+            every emitter must use the same mode. Not with ``cluster``.
         stream_maxlen: entries kept per stream in streams mode (approximately).
         health_check_interval: seconds between pings on the subscriber connection.
         socket_timeout: seconds a publish may take.
@@ -176,7 +228,8 @@ class RedisBroker:
         on_error: str = "log",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_queue: int = 10_000,
-        sharded: bool = False,
+        sharded: bool | None = None,
+        cluster: bool = False,
         mode: str = "pubsub",
         stream_maxlen: int = 10_000,
         health_check_interval: float = 5.0,
@@ -186,6 +239,7 @@ class RedisBroker:
         self._redis = import_redis()
         if on_error not in ("log", "raise"):
             raise ValueError(f"on_error must be 'log' or 'raise', not {on_error!r}")
+        sharded = check_cluster(cluster, sharded, mode)
         check_mode(mode, sharded)
         if max_queue < 1 or max_message_size < 1:
             raise ValueError("max_queue and max_message_size must be positive")
@@ -196,6 +250,7 @@ class RedisBroker:
         self.max_message_size = max_message_size
         self.max_queue = max_queue
         self.sharded = sharded
+        self.cluster = cluster
         self.mode = mode
         self.stream_maxlen = stream_maxlen
         self.health_check_interval = health_check_interval
@@ -246,6 +301,7 @@ class RedisBroker:
         self._last_ids: dict[str, bytes] = {}
         self._control = f"{prefix}:control:{self.node_id}"
         self._streams_stale = False
+        self._answered = False  # Redis answered the current session (the back-off resets)
 
     # Configuration ----------------------------------------------------------------
 
@@ -415,20 +471,30 @@ class RedisBroker:
         self._stopping = asyncio.Event()
         self._tracker = SequenceTracker()
         self._last_ids = {}
-        self._pub = redis.asyncio.Redis.from_url(
-            self.url,
-            socket_timeout=self.socket_timeout,
-            socket_connect_timeout=self.connect_timeout,
-            retry=no_retry(),
-        )
-        self._sub = redis.asyncio.Redis.from_url(
-            self.url,
-            socket_timeout=None,  # a quiet channel is not a failure: health checks are
-            socket_connect_timeout=self.connect_timeout,
-            socket_keepalive=True,
-            health_check_interval=self.health_check_interval,
-            retry=no_retry(),
-        )
+        if self.cluster:
+            from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415 - optional
+
+            self._pub = RedisCluster.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.connect_timeout,
+                retry=cluster_retry(),
+            )
+            # The subscriber's slot map; the subscriptions have connections of their own.
+            self._sub = RedisCluster.from_url(
+                self.url,
+                socket_timeout=self.connect_timeout,
+                socket_connect_timeout=self.connect_timeout,
+                retry=cluster_retry(),
+            )
+        else:
+            self._pub = redis.asyncio.Redis.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.connect_timeout,
+                retry=no_retry(),
+            )
+            self._sub = redis.asyncio.Redis.from_url(self.url, **self._subscriber_options())
         with self._lock:
             self._running = True
             self._idle = False
@@ -448,6 +514,16 @@ class RedisBroker:
                 _safe_url(self.url),
                 self.connect_timeout,
             )
+
+    def _subscriber_options(self) -> dict[str, Any]:
+        """How a subscriber connects (to the one server, or to each node of a cluster)."""
+        return {
+            "socket_timeout": None,  # a quiet channel is not a failure: health checks are
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_keepalive": True,
+            "health_check_interval": self.health_check_interval,
+            "retry": no_retry(),
+        }
 
     async def _stop(self) -> None:
         with self._lock:
@@ -515,7 +591,7 @@ class RedisBroker:
                         else:
                             pipe.publish(channel, raw)
                     await pipe.execute()
-            except (self._redis.RedisError, OSError) as exc:
+            except redis_errors(self._redis) as exc:
                 error = exc
                 if attempt == 1:
                     logger.info("publishing %d broadcasts failed (%s); retrying", len(batch), exc)
@@ -539,16 +615,22 @@ class RedisBroker:
         delay = _BACKOFF_FIRST
         sessions = 0
         while not stopping.is_set():
-            pubsub = self._sub.pubsub() if self.mode == "pubsub" else None
+            self._answered = False
+            pubsub: Any = None
+            if self.cluster:
+                pubsub = _ClusterSubscriber(self, self._sub, fresh_map=sessions > 0)
+            elif self.mode == "pubsub":
+                pubsub = self._sub.pubsub()
             subscribed = False
             try:
                 if pubsub is None:
                     await self._follow_everything()
                 else:
                     await self._subscribe_everything(pubsub)
+                    if self.cluster:
+                        pubsub.check_subscribed()
                 subscribed = True
                 sessions += 1
-                delay = _BACKOFF_FIRST
                 if self._ready is not None:
                     self._ready.set()
                 if sessions > 1:
@@ -559,6 +641,9 @@ class RedisBroker:
                     if pubsub is None:
                         group.create_task(self._read_streams())
                         group.create_task(self._wake_reader())
+                    elif self.cluster:
+                        pubsub.read_in(group)
+                        group.create_task(self._sync_rooms(pubsub))
                     else:
                         group.create_task(self._read(pubsub))
                         group.create_task(self._sync_rooms(pubsub))
@@ -580,6 +665,8 @@ class RedisBroker:
                 else:  # the read may have been cut mid-reply: never reuse its connection
                     with contextlib.suppress(Exception):
                         await self._sub.connection_pool.disconnect()
+            if self._answered:
+                delay = _BACKOFF_FIRST
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await stopping.wait()
@@ -609,12 +696,14 @@ class RedisBroker:
     async def _unsubscribe(self, pubsub: Any, channels: list[str]) -> None:
         if not channels:
             return
+        # Forgotten first: a cluster node's own sunsubscribe (a slot moved) is
+        # told from ours by the channel still being wanted.
+        self._subscribed = self._subscribed - set(channels)
         if self.sharded:
             for channel in channels:
                 await pubsub.sunsubscribe(channel)
         else:
             await pubsub.unsubscribe(*channels)
-        self._subscribed = self._subscribed - set(channels)
         for channel in channels:
             self._tracker.forget_channel(channel)
 
@@ -633,9 +722,13 @@ class RedisBroker:
     async def _read(self, pubsub: Any) -> None:
         get_message = pubsub.get_message
         while True:
-            message = await get_message(ignore_subscribe_messages=True, timeout=_READ_POLL)
-            if message is not None and message["type"] in ("message", "smessage"):
+            message = await get_message(timeout=_READ_POLL)
+            if message is None:
+                continue
+            if message["type"] in ("message", "smessage"):
                 self._receive_safely(message["channel"], message["data"])
+            else:  # a subscription confirmed: this session works, the back-off starts over
+                self._answered = True
 
     # Streams mode ----------------------------------------------------------------------------
 
@@ -690,6 +783,7 @@ class RedisBroker:
                 await self._follow(sorted(want - self._subscribed))
             streams = {stream: self._last_ids[stream] for stream in self._subscribed}
             replies = await self._sub.xread(streams, count=_BATCH, block=int(_READ_POLL * 1000))
+            self._answered = True
             for stream, entries in replies or ():
                 name = stream.decode() if isinstance(stream, bytes) else stream
                 if name not in self._last_ids:
@@ -763,6 +857,192 @@ class RedisBroker:
         return f"<RedisBroker {_safe_url(self.url)} prefix={self.prefix!r} node={self.node_id}>"
 
 
+class _ClusterSubscriber:
+    """One session's sharded subscriptions on a Redis Cluster: a ``PubSub`` per node.
+
+    Each channel is subscribed on the node that owns its slot in ``topology``'s
+    slot map (read again when ``fresh_map``: a session after a failure). Every
+    node's connection has a reader task in the session's task group. A node
+    whose connection fails, or a slot that moves away (Redis sends an
+    ``sunsubscribe`` we did not ask for), costs only the channels concerned:
+    they wait, and a repair task subscribes them again on a fresh slot map after
+    a back-off (0.1 s doubling to 5 s, reset by a confirmed subscription), then
+    fires ``reconnected``; the rooms on the other nodes go on meanwhile. The
+    session itself ends only when no node could be subscribed at all, or the
+    slot map cannot be read at its start.
+
+    Thread contract: the broker's loop only.
+    """
+
+    def __init__(self, broker: RedisBroker, topology: Any, *, fresh_map: bool) -> None:
+        self._broker = broker
+        self._topology = topology
+        self._fresh_map = fresh_map
+        self._mapped = False
+        self._nodes: dict[str, tuple[Any, Any]] = {}  # node name: (client, PubSub)
+        self._where: dict[str, str] = {}  # channel: the name of its node
+        self._reading: set[str] = set()  # the nodes whose connection has its reader task
+        self._group: asyncio.TaskGroup | None = None
+        self._orphans: set[str] = set()  # wanted channels that no node's connection holds now
+        self._orphaned = asyncio.Event()
+        self._delay = _BACKOFF_FIRST
+
+    async def _map(self, fresh: bool) -> None:
+        if fresh:  # a slot may have moved, or a node failed over
+            await self._topology.nodes_manager.initialize()
+        await self._topology.initialize()
+        # Read once: its connections would only idle until the next read.
+        for node in self._topology.get_nodes():
+            await node.disconnect()
+
+    async def ssubscribe(self, channel: str) -> None:
+        if not self._mapped:
+            await self._map(self._fresh_map)
+            self._mapped = True
+        node = self._topology.get_node_from_key(channel)
+        entry = self._nodes.get(node.name)
+        if entry is None:
+            redis = self._broker._redis
+            options = dict(redis.asyncio.connection.parse_url(self._broker.url))
+            options.update(self._broker._subscriber_options(), host=node.host, port=node.port)
+            client = redis.asyncio.Redis.from_pool(redis.asyncio.ConnectionPool(**options))
+            entry = self._nodes[node.name] = (client, client.pubsub())
+        self._where[channel] = node.name
+        self._orphans.discard(channel)
+        try:
+            await entry[1].ssubscribe(channel)
+        except redis_errors(self._broker._redis) as exc:
+            await self._lose_node(node.name, entry, exc)
+            return
+        if self._group is not None:
+            self._read_node(node.name)  # a node this session had no channel on yet
+
+    async def sunsubscribe(self, channel: str) -> None:
+        self._orphans.discard(channel)
+        name = self._where.pop(channel, None)
+        if name is not None:
+            await self._nodes[name][1].sunsubscribe(channel)
+
+    def check_subscribed(self) -> None:
+        """Raise ``BrokerError`` when no node took a subscription (the session failed)."""
+        if not self._where:
+            raise BrokerError("no node of the Redis Cluster could be subscribed")
+
+    def read_in(self, group: asyncio.TaskGroup) -> None:
+        """Read every node's connection, now and as nodes are added, in ``group``."""
+        self._group = group
+        for name in self._nodes:
+            self._read_node(name)
+        group.create_task(self._repair())
+
+    def _read_node(self, name: str) -> None:
+        assert self._group is not None
+        if name not in self._reading:
+            self._reading.add(name)
+            self._group.create_task(self._read(name, self._nodes[name]))
+
+    async def _read(self, name: str, entry: tuple[Any, Any]) -> None:
+        receive = self._broker._receive_safely
+        pubsub = entry[1]
+        try:
+            while True:
+                message = await pubsub.get_message(timeout=_READ_POLL)
+                if message is None:
+                    continue
+                kind = message["type"]
+                if kind == "smessage":
+                    receive(message["channel"], message["data"])
+                elif kind == "ssubscribe":
+                    self._broker._answered = True
+                    self._delay = _BACKOFF_FIRST
+                elif kind == "sunsubscribe":
+                    raw = message["channel"]
+                    channel = raw.decode() if isinstance(raw, bytes) else raw
+                    if self._where.get(channel) == name:
+                        # Not ours: Redis drops the subscribers of a slot that moved.
+                        logger.warning("the slot of %s moved: subscribing it again", channel)
+                        del self._where[channel]
+                        self._orphans.add(channel)
+                        self._orphaned.set()
+        except Exception as exc:
+            if self._nodes.get(name) is not entry:
+                return  # given up already (a failed subscribe closed it): an expected end
+            if not isinstance(exc, redis_errors(self._broker._redis)):
+                raise
+            await self._lose_node(name, entry, exc)
+
+    async def _lose_node(self, name: str, entry: tuple[Any, Any], cause: Exception) -> None:
+        """A node's connection failed: its channels wait for the repair, the others go on."""
+        if self._nodes.get(name) is not entry:
+            return  # that connection was already given up
+        del self._nodes[name]
+        self._reading.discard(name)
+        lost = [channel for channel, node in self._where.items() if node == name]
+        for channel in lost:
+            del self._where[channel]
+        self._orphans.update(lost)
+        self._orphaned.set()
+        logger.warning(
+            "Redis Cluster node %s lost: %s; %d channels wait (%.1f s)",
+            name,
+            cause,
+            len(lost),
+            self._delay,
+        )
+        await _close_client(entry)
+
+    async def _repair(self) -> None:
+        broker = self._broker
+        while True:
+            await self._orphaned.wait()
+            delay = self._delay
+            self._delay = min(delay * 2, _BACKOFF_MAX)  # reset by a confirmed subscription
+            await asyncio.sleep(delay)
+            self._orphaned.clear()
+            self._orphans &= broker._subscribed  # rooms left meanwhile
+            try:
+                if self._orphans:
+                    await self._map(True)
+            except redis_errors(broker._redis) as exc:
+                logger.warning("reading the Redis Cluster's slot map failed: %s", exc)
+                self._orphaned.set()
+                continue
+            for channel in sorted(self._orphans):
+                await self.ssubscribe(channel)
+            if self._orphans:
+                continue  # a node still failed: _lose_node set the event again
+            broker._count("reconnects")
+            logger.info("subscribed to Redis Cluster nodes again")
+            broker._fire("reconnected")
+
+    async def aclose(self) -> None:
+        nodes, self._nodes = list(self._nodes.values()), {}
+        for entry in nodes:
+            await _close_client(entry)
+
+
+async def _close_client(entry: tuple[Any, Any]) -> None:
+    client, pubsub = entry
+    with contextlib.suppress(Exception):
+        await pubsub.aclose()
+    with contextlib.suppress(Exception):
+        await client.aclose()
+
+
+def check_cluster(cluster: bool, sharded: bool | None, mode: str) -> bool:
+    """Whether pub/sub is sharded (``sharded`` unset: as ``cluster``), or a ``ValueError``."""
+    if not cluster:
+        return bool(sharded)
+    if mode != "pubsub":
+        raise ValueError("cluster=True works with mode='pubsub' (sharded), not with streams")
+    if sharded is False:
+        raise ValueError(
+            "cluster=True needs sharded pub/sub: a plain PUBLISH in a cluster reaches "
+            "every node; leave sharded unset (or True)"
+        )
+    return True
+
+
 def check_mode(mode: str, sharded: bool) -> str:
     """``mode`` itself, or a ``ValueError`` for an unknown one or a wrong combination."""
     if mode not in ("pubsub", "streams"):
@@ -792,16 +1072,18 @@ class EmitterCore:
         prefix: str,
         codec: str,
         max_message_size: int,
-        sharded: bool,
+        sharded: bool | None,
         mode: str,
         stream_maxlen: int,
+        cluster: bool = False,
     ) -> None:
         self._redis = import_redis()
         self.prefix = prefix
         self.codec: Codec = check_codec(codec)
         self.max_message_size = max_message_size
-        self.sharded = sharded
-        self.mode = check_mode(mode, sharded)
+        self.sharded = check_cluster(cluster, sharded, mode)
+        self.cluster = cluster
+        self.mode = check_mode(mode, self.sharded)
         self.stream_maxlen = stream_maxlen
         self.node_id = new_node_id()
         self._seq: dict[str, int] = {}
@@ -823,7 +1105,10 @@ class AsyncEmitter(EmitterCore):
     or ``await emit.room(name).broadcast(data)``; ``await emit.aclose()`` (or
     ``async with``). Each call waits for Redis; a publish that fails is retried
     once, then raises `BrokerError`. The envelope is the
-    broker's, so ``prefix``, ``codec``, ``sharded`` and ``mode`` must match the app's.
+    broker's, so ``prefix``, ``codec``, ``sharded``, ``cluster`` and ``mode`` must
+    match the app's. With ``cluster=True`` (``url`` names any node of a Redis
+    Cluster) each message goes to the node that owns its channel's slot, through
+    redis-py's cluster client (which follows ``MOVED`` and retries on its own).
 
     Thread contract: use it on one event loop.
     """
@@ -835,7 +1120,8 @@ class AsyncEmitter(EmitterCore):
         prefix: str = "embedws",
         codec: str = "json",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        sharded: bool = False,
+        sharded: bool | None = None,
+        cluster: bool = False,
         mode: str = "pubsub",
         stream_maxlen: int = 10_000,
         socket_timeout: float = 5.0,
@@ -847,13 +1133,25 @@ class AsyncEmitter(EmitterCore):
             sharded=sharded,
             mode=mode,
             stream_maxlen=stream_maxlen,
+            cluster=cluster,
         )
-        self._client = self._redis.asyncio.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=no_retry(),
-        )
+        self._client: Any
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster  # noqa: PLC0415 - optional
+
+            self._client = RedisCluster.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=cluster_retry(),
+            )
+        else:
+            self._client = self._redis.asyncio.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=no_retry(),
+            )
 
     def room(self, name: str) -> _AsyncEmitterRoom:
         """The room called ``name``, in every process of the app."""
@@ -881,7 +1179,7 @@ class AsyncEmitter(EmitterCore):
             try:
                 await self.publish_with(self._client, channel, raw)
                 return
-            except (self._redis.RedisError, OSError) as exc:
+            except redis_errors(self._redis) as exc:
                 error = exc
         raise BrokerError(f"could not publish to Redis: {error}") from error
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from ..aio.broker import EmitterCore, envelope_for
+from ..aio.broker import EmitterCore, cluster_retry, envelope_for, redis_errors
 from ..broker import DEFAULT_MAX_MESSAGE_SIZE
 from ..errors import BrokerError
 
@@ -24,7 +24,10 @@ class Emitter(EmitterCore):
     ``emit = Emitter("redis://...", prefix="chat")``; ``emit.broadcast(data)``
     reaches every connection of the app (``route=`` those of one route),
     ``emit.room(name).broadcast(data)`` the members of a room. ``prefix``,
-    ``codec``, ``sharded`` and ``mode`` must match the app's broker. Each call blocks
+    ``codec``, ``sharded``, ``cluster`` and ``mode`` must match the app's broker.
+    ``cluster=True``: ``url`` names any node of a Redis Cluster, and each message
+    goes to the node that owns its channel's slot (redis-py's cluster client,
+    which follows ``MOVED`` and retries on its own). Each call blocks
     until Redis has the message (at most ``socket_timeout``, twice: a failed
     publish is retried once, then raises `BrokerError`).
     ``close()`` (or ``with``) closes the connection.
@@ -40,7 +43,8 @@ class Emitter(EmitterCore):
         prefix: str = "embedws",
         codec: str = "json",
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        sharded: bool = False,
+        sharded: bool | None = None,
+        cluster: bool = False,
         mode: str = "pubsub",
         stream_maxlen: int = 10_000,
         socket_timeout: float = 5.0,
@@ -52,18 +56,30 @@ class Emitter(EmitterCore):
             sharded=sharded,
             mode=mode,
             stream_maxlen=stream_maxlen,
+            cluster=cluster,
         )
         from redis.backoff import NoBackoff  # noqa: PLC0415 - optional
         from redis.retry import Retry  # noqa: PLC0415 - optional
 
         # Guards _seq, so that the order on a channel is the order of the numbers.
         self._lock = threading.Lock()
-        self._client = self._redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._client: Any
+        if cluster:
+            from redis.cluster import RedisCluster  # noqa: PLC0415 - optional
+
+            self._client = RedisCluster.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=cluster_retry(Retry),
+            )
+        else:
+            self._client = self._redis.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
 
     def room(self, name: str) -> _EmitterRoom:
         """The room called ``name``, in every process of the app."""
@@ -92,7 +108,7 @@ class Emitter(EmitterCore):
                 try:
                     self.publish_with(self._client, channel, raw)
                     return
-                except (self._redis.RedisError, OSError) as exc:
+                except redis_errors(self._redis) as exc:
                     error = exc
         raise BrokerError(f"could not publish to Redis: {error}") from error
 
