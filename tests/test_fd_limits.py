@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import trustme
 
 import embedws
+from embedws.aio import acceptor
 from embedws.response import HTTPResponse, text
 
 from .conftest import ECHO_PROGRAM, MS, client, seconds, serving, status_of
@@ -53,13 +55,16 @@ LIMITED_ECHO_PROGRAM = (
 )
 
 
+@pytest.mark.parametrize("accept", ["watched", "loop"])
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 def test_a_client_is_served_while_idle_sockets_hold_every_descriptor(
-    scheme: str, tmp_path: Path
+    scheme: str, accept: str, tmp_path: Path
 ) -> None:
     """Idle connections are closed to make room; one warning, not one per attempt.
 
     Over TLS, the idle sockets never start the handshake: those are closed too.
+    Both ways of accepting: a watched listening socket, and the portable
+    accept loop (``EMBEDWS_FAST_ACCEPT=0``).
     """
     args: list[str] = []
     options: dict[str, Any] = {}
@@ -77,6 +82,7 @@ def test_a_client_is_served_while_idle_sockets_hold_every_descriptor(
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        env={**os.environ, "EMBEDWS_FAST_ACCEPT": "1" if accept == "watched" else "0"},
     )
     idle: list[socket.socket] = []
     try:
@@ -210,3 +216,40 @@ def test_closing_idle_http_connections_takes_the_longest_idle_first_never_a_busy
             ws.close()
             for sock in (busy, reading, silent, keep_alive, newest):
                 sock.close()
+
+
+def test_the_portable_accept_loop_serves_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The accept loop on ``sock_accept`` (the proactor loop's way; CI's fast-paths-off run
+    takes it for the whole suite) serves websockets and HTTP, and ends with the server."""
+    monkeypatch.setattr(acceptor, "FAST_ACCEPT", False)
+    app = embedws.App("portable-accept")
+
+    @app.get("/")
+    def index(request: Any) -> HTTPResponse:
+        return text("hello")
+
+    @app.websocket("/ws")
+    def echo(request: Any, ws: Any) -> None:
+        for message in ws:
+            ws.send(message)
+
+    with serving(app) as server:
+        for n in range(3):
+            with client(server.url + "/ws") as ws:
+                ws.send(f"hello {n}")
+                assert ws.recv(timeout=seconds(5)) == f"hello {n}"
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=seconds(5))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert at_eof_after(sock).endswith(b"hello")
+    # Stopped: nothing listens any more.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=seconds(5)).close()
+
+
+def at_eof_after(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives until the server closes it."""
+    data = b""
+    with sock:
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
