@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -508,3 +509,43 @@ def test_what_the_program_leaves_open_is_closed_with_1001_at_exit() -> None:
     assert out.split() == ["stopped"], err
     assert process.returncode == 0, err
     assert received == ["hi", 1001]
+
+
+def _websockets_alive(path: str) -> list[object]:
+    """The server-side websockets (of any kind) of requests to ``path`` still alive."""
+    kinds = (embedws.aio.Websocket, embedws.sync.Websocket)
+    return [
+        o
+        for o in gc.get_objects()
+        if issubclass(type(o), kinds) and getattr(o.request, "path", None) == path  # type: ignore[attr-defined]
+    ]
+
+
+def test_a_closed_connection_is_freed_at_once_with_the_cyclic_gc_off(kind: str) -> None:
+    # A connection that leaves a reference cycle is freed only by a collection of
+    # the cyclic GC, whose passes a busy server then pays for (and its memory
+    # waits for them). Every server-side websocket object must go by reference
+    # counting alone: the handler's, its sync facade's, the connection's.
+    app = embedws.App("freed")
+    path = f"/freed-{kind}"  # only this test's websockets count (a failed test may leave its own)
+    add_handler(app, path, kind, *echo_handlers())
+    with serving(app) as server:
+        with client(server.url + path) as c:  # warm-up: pools, caches, first imports
+            c.send("x")
+            assert c.recv(timeout=seconds(5)) == "x"
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(5):
+                with client(server.url + path) as c:
+                    c.send("x")
+                    assert c.recv(timeout=seconds(5)) == "x"
+            deadline = time.monotonic() + seconds(5)
+            alive = _websockets_alive(path)
+            while alive and time.monotonic() < deadline:
+                del alive
+                time.sleep(0.01)  # polling a condition with a deadline, not a wait for time
+                alive = _websockets_alive(path)
+            assert alive == [], f"still alive with the GC off: {alive}"
+        finally:
+            gc.enable()

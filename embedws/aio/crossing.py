@@ -86,12 +86,14 @@ class Crossing:
                 loop.call_soon_threadsafe(self._run)
             except (RuntimeError, LoopClosed) as exc:  # asyncio's "Event loop is closed"
                 self._scheduled = False
+                self._calls.clear()  # nothing will run them: keep nothing they hold alive
                 raise LoopClosed from exc
         else:
             # A run is scheduled: unless the loop closed before running it,
             # which would strand this call (and every later one) unnoticed.
             loop = self._loop()
             if loop is None or loop.is_closed():
+                self._calls.clear()
                 raise LoopClosed
 
     def _run(self) -> None:

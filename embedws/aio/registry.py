@@ -131,6 +131,30 @@ class Registry:
         with self._lock:
             return self._open.get(conn_id)
 
+    # What users see of the connections: their facades, read under the lock, because a
+    # connection drops its facade once it has left the registry (Connection.connection_lost).
+
+    def facades(self, room: str | None = None) -> list[Any]:
+        """The open connections' (or a room's members') facades, as a snapshot."""
+        with self._lock:
+            conns = self._open.values() if room is None else self._rooms.get(room, ())
+            return [conn.facade for conn in conns]
+
+    def facade(self, conn_id: int) -> Any:
+        """The facade of the open connection ``conn_id``, or ``None``."""
+        with self._lock:
+            conn = self._open.get(conn_id)
+            return conn.facade if conn is not None else None
+
+    def facades_by_route(self, name: str) -> list[Any]:
+        """The facades of the open connections of the route named ``name``."""
+        with self._lock:
+            return [
+                conn.facade
+                for conn in self._open.values()
+                if conn.route is not None and conn.route.name == name
+            ]
+
     # Rooms -----------------------------------------------------------------------
 
     def join(self, name: str, conn: Connection) -> None:
@@ -359,7 +383,7 @@ class Room:
 
     def __iter__(self) -> Iterator[Any]:
         """The members' websockets, as a snapshot."""
-        return iter([conn.facade for conn in self._registry.members(self.name)])
+        return iter(self._registry.facades(self.name))
 
     def __repr__(self) -> str:
         return f"<Room {self.name!r}: {len(self)} members>"
@@ -381,7 +405,7 @@ class Connections:
         return len(self._registry.snapshot())
 
     def __iter__(self) -> Iterator[Any]:
-        return iter([conn.facade for conn in self._registry.snapshot()])
+        return iter(self._registry.facades())
 
     def __contains__(self, ws: object) -> bool:
         try:
@@ -392,16 +416,11 @@ class Connections:
 
     def get(self, conn_id: int) -> Any:
         """The websocket with this ``id``, or ``None``."""
-        conn = self._registry.get(conn_id)
-        return conn.facade if conn is not None else None
+        return self._registry.facade(conn_id)
 
     def by_route(self, name: str) -> list[Any]:
         """The websockets of the route named ``name``."""
-        return [
-            conn.facade
-            for conn in self._registry.snapshot()
-            if conn.route is not None and conn.route.name == name
-        ]
+        return self._registry.facades_by_route(name)
 
     def __repr__(self) -> str:
         return f"<Connections: {len(self)} open>"

@@ -167,6 +167,8 @@ class HandlerPool:
             except BaseException:  # pragma: no cover - jobs catch their own errors
                 logger.exception("uncaught error in a handler thread")
             finally:
+                # An idle thread keeps nothing of the job it ran (a handler's websocket).
+                del job, fn, args
                 with self._lock:
                     self._threads[me] = ""
                     self._busy -= 1
