@@ -366,7 +366,7 @@ def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) 
 class _HandlerJob:
     """One websocket handler call, run on a pool thread or in a greenlet."""
 
-    __slots__ = ("__qualname__", "glet", "handler", "params", "request", "running", "ws")
+    __slots__ = ("__qualname__", "ended", "glet", "handler", "params", "request", "running", "ws")
 
     def __init__(
         self,
@@ -379,6 +379,7 @@ class _HandlerJob:
         self.handler, self.request, self.ws, self.params = handler, request, ws, params
         self.running = running
         self.glet: greenlet.greenlet | None = None  # greenlet mode: where it runs
+        self.ended = False  # the handler returned or raised
         self.__qualname__ = getattr(handler, "__qualname__", repr(handler))
 
     def __call__(self) -> None:
@@ -397,6 +398,7 @@ class _HandlerJob:
             log_handler_crash(self.handler, self.request)
             code, reason = 1011, "internal error"
         finally:
+            self.ended = True
             if self.glet is not None:
                 # On the loop thread, whose own sends were written at once: no
                 # crossing, and no wake-up of a loop that is running.
@@ -414,8 +416,20 @@ def _finish(conn: Connection, code: int, reason: str, job: _HandlerJob) -> None:
     job.running.finished(job)
 
 
+#: Idle greenlets a greenlet-mode runner keeps for its next handlers.
+_IDLE_GREENLETS = 64
+
+
 class GreenletRunner:
-    """Runs ``def`` handlers in greenlets on the loop thread (greenlet mode)."""
+    """Runs ``def`` handlers in greenlets on the loop thread (greenlet mode).
+
+    A greenlet that ran a handler waits, idle, for the next one (at most
+    `_IDLE_GREENLETS` of them wait). A new greenlet costs more than its
+    creation: on Python 3.11+ its first call maps a stack chunk for its Python
+    frames (16 KiB, page faults included) that its end unmaps, about 10% of a
+    greenlet handler's whole handshake (``bench/handshake.py``). Each handler
+    still starts with an empty ``contextvars`` context, as in a new greenlet.
+    """
 
     connection_class: type[AioWebsocket] = AioWebsocket
 
@@ -424,6 +438,8 @@ class GreenletRunner:
         self._loop_ident = threading.get_ident()
         self._running = _Running(loop)
         self._block_warning = block_warning
+        self._idle: list[greenlet.greenlet] = []  # workers waiting for a job (loop only)
+        self._closed = False
 
     def has_capacity(self) -> bool:
         return True
@@ -438,9 +454,32 @@ class GreenletRunner:
         job = _HandlerJob(
             handler, request, Websocket(conn, self._loop_ident), params, self._running
         )
-        job.glet = greenlet.greenlet(self._timed(job) if self._block_warning else job.__call__)
         self._running.add(job)
-        self._loop.call_soon(job.glet.switch)
+        job.glet = self._run_soon(self._timed(job) if self._block_warning else job.__call__)
+
+    def _run_soon(self, fn: Callable[[], None]) -> greenlet.greenlet:
+        """Run ``fn()`` in a worker greenlet, from the loop's next pass; the worker."""
+        idle = self._idle
+        glet = idle.pop() if idle else greenlet.greenlet(self._work)
+        # In a list the worker empties: greenlet keeps a new greenlet's arguments
+        # for its whole life, and a job's should not outlive the job.
+        self._loop.call_soon(glet.switch, [fn])
+        return glet
+
+    def _work(self, handed: list[Callable[[], None]]) -> None:
+        """A worker greenlet's life: run jobs, waiting idle between them."""
+        current = greenlet.getcurrent()
+        parent = current.parent
+        assert parent is not None
+        while True:
+            fn = handed.pop()
+            fn()  # a job catches its own errors
+            del fn  # an idle worker keeps nothing of the job it ran
+            if self._closed or len(self._idle) >= _IDLE_GREENLETS:
+                return
+            current.gr_context = None  # the next job starts with an empty context
+            self._idle.append(current)
+            handed = parent.switch()  # GreenletExit here (shutdown) ends the worker
 
     def _timed(self, job: _HandlerJob) -> Callable[[], None]:
         threshold = self._block_warning
@@ -468,16 +507,20 @@ class GreenletRunner:
             else:
                 _settle(result, value, None)
 
-        self._loop.call_soon(greenlet.greenlet(run).switch)
+        self._run_soon(run)
         return await result
 
     async def shutdown(self, deadline: float) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for glet in idle:
+            glet.throw(greenlet.GreenletExit)  # ends at once: it runs nothing
         await self._running.wait(deadline)
         for job in self._running:
             logger.warning(
                 "stopping greenlet handler %s, still running at shutdown", job.__qualname__
             )
-            if job.glet is not None and not job.glet.dead:
+            if job.glet is not None and not job.ended and not job.glet.dead:
                 job.glet.throw(greenlet.GreenletExit)
             self._running.finished(job)
 
