@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 import embedws
 from embedws.response import HTTPResponse, text
 
-from .conftest import ECHO_PROGRAM, add_handler, client, echo_handlers, seconds, serving
+from .conftest import ECHO_PROGRAM, MS, add_handler, client, echo_handlers, seconds, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -544,7 +544,7 @@ def test_a_closed_connection_is_freed_at_once_with_the_cyclic_gc_off(kind: str) 
             alive = _websockets_alive(path)
             while alive and time.monotonic() < deadline:
                 del alive
-                time.sleep(0.01)  # polling a condition with a deadline, not a wait for time
+                time.sleep(10 * MS)  # polling a condition with a deadline, not a wait for time
                 alive = _websockets_alive(path)
             assert alive == [], f"still alive with the GC off: {alive}"
         finally:
