@@ -19,6 +19,9 @@ path users on other platforms run).
 * ``EMBEDWS_FAST_ACCEPT``: listening sockets stay registered with the
   selector, as under asyncio's own accept loop, rather than an accept loop on
   ``sock_accept`` (``embedws/aio/acceptor.py``).
+* ``EMBEDWS_FAST_CONNECT``: a plain TCP connection accepted on an asyncio
+  selector loop gets its transport at once rather than through
+  ``connect_accepted_socket`` (``embedws/aio/acceptor.py``).
 * ``EMBEDWS_SCHED_BATCH``: handler threads use Linux's ``SCHED_BATCH``
   policy (``embedws/sync/runner.py``; the config key ``SYNC_HANDLER_SCHED_BATCH``
   turns it off for one app).
@@ -31,6 +34,7 @@ import os
 __all__ = [
     "DIRECT_WRITES",
     "FAST_ACCEPT",
+    "FAST_CONNECT",
     "FAST_FRAMES",
     "FAST_UPGRADES",
     "SCHED_BATCH",
@@ -49,3 +53,4 @@ SCHED_BATCH = _on("EMBEDWS_SCHED_BATCH")
 FAST_FRAMES = _on("EMBEDWS_FAST_FRAMES")
 FAST_UPGRADES = _on("EMBEDWS_FAST_UPGRADES")
 FAST_ACCEPT = _on("EMBEDWS_FAST_ACCEPT")
+FAST_CONNECT = _on("EMBEDWS_FAST_CONNECT")

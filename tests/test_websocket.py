@@ -654,3 +654,22 @@ def test_large_messages_both_ways(kind: str) -> None:
         payload = bytes(range(256)) * 16384  # 4 MiB
         c.send(payload)
         assert c.recv(timeout=seconds(10)) == payload
+
+
+def test_remote_address_and_request_ip_are_the_clients_own_address(kind: str) -> None:
+    def handler(request: Any, ws: Any) -> None:
+        host, port = ws.remote_address[:2]
+        ws.send(f"{host} {port} {request.ip}")
+        ws.recv(timeout=seconds(5))
+
+    async def ahandler(request: Any, ws: Any) -> None:
+        host, port = ws.remote_address[:2]
+        await ws.send(f"{host} {port} {request.ip}")
+        await ws.recv(timeout=seconds(5))
+
+    app = embedws.App("address")
+    add_handler(app, "/", kind, handler, ahandler)
+    with serving(app) as server, client(server.url + "/") as c:
+        host, port = c.local_address[:2]
+        assert c.recv(timeout=seconds(5)) == f"{host} {port} {host}"
+        c.send("done")
