@@ -883,21 +883,24 @@ class Connection(asyncio.BufferedProtocol):
                 handle.cancel()
         self._ka_handle = self._close_handle = self._write_handle = None
         self._pending, self._pending_size = None, 0
-        closed = self.close_exc()
         consumer = self._consumer
         if consumer is not None:
             consumer.close()
+        # The exception is made for whoever waits: most connections have nobody.
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(closed)
+            waiter.set_exception(self.close_exc())
         pings, self._pings = self._pings, None
-        for pong_waiter, _ in (pings or {}).values():
-            if pong_waiter is not None and not pong_waiter.done():
-                pong_waiter.set_exception(closed)
-                if isinstance(pong_waiter, asyncio.Future):
-                    # nobody may await it; don't log "exception never retrieved"
-                    pong_waiter.exception()
-        self._wake_drain_waiters(closed)
+        if pings:
+            closed = self.close_exc()
+            for pong_waiter, _ in pings.values():
+                if pong_waiter is not None and not pong_waiter.done():
+                    pong_waiter.set_exception(closed)
+                    if isinstance(pong_waiter, asyncio.Future):
+                        # nobody may await it; don't log "exception never retrieved"
+                        pong_waiter.exception()
+        if self._drain_waiters:
+            self._wake_drain_waiters(self.close_exc())
         if self._lost_waiter is not None and not self._lost_waiter.done():
             self._lost_waiter.set_result(None)
         handshake = self._handshake
