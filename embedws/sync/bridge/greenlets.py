@@ -83,9 +83,12 @@ def _in_event_loop() -> bool:
 def _switch_to_loop(current: greenlet.greenlet) -> Any:
     parent = current.parent
     assert parent is not None
+    watch = blocking_watch
+    if watch.threshold is None:  # LOOP_BLOCK_WARNING is off (the default): nothing to time
+        return parent.switch()
     check_blocked()
     value = parent.switch()
-    blocking_watch.resumed = time.perf_counter()
+    watch.resumed = time.perf_counter()
     return value
 
 
