@@ -230,3 +230,30 @@ def test_five_thousand_parked_greenlet_handlers_all_echo() -> None:
                     process.kill()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_blocking_recv_on_the_loop_thread_raises_instead_of_deadlocking() -> None:
+    # An async handler runs on the loop thread that also serves our sync clients:
+    # a sync recv there would wait for the loop it blocks.
+    app = embedws.App("blocking-recv")
+    peers: list[Any] = []
+
+    @app.websocket("/peer")
+    def peer(request: Any, ws: Any) -> None:
+        ws.recv(timeout=seconds(5))
+
+    @app.websocket("/")
+    async def handler(request: Any, ws: Any) -> None:
+        try:
+            peers[0].recv(timeout=seconds(1))
+        except RuntimeError as exc:
+            await ws.send(f"RuntimeError: {exc}")
+
+    with serving(app) as server:
+        with embedws.sync.connect(server.url + "/peer") as sync_client:
+            peers.append(sync_client)
+            with client(server.url + "/") as c:
+                reply = c.recv(timeout=seconds(5))
+            sync_client.send("bye")
+    assert reply.startswith("RuntimeError: recv() blocks")
+    assert "event loop thread" in reply
