@@ -517,7 +517,7 @@ def _websockets_alive(path: str) -> list[object]:
     return [
         o
         for o in gc.get_objects()
-        if issubclass(type(o), kinds) and getattr(o.request, "path", None) == path  # type: ignore[attr-defined]
+        if issubclass(type(o), kinds) and getattr(o.request, "path", None) == path
     ]
 
 
