@@ -3,6 +3,7 @@ and thousands of parked handlers."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import gc
 import subprocess
@@ -16,6 +17,7 @@ import greenlet
 import pytest
 
 import embedws
+from embedws.sync.runner import GreenletRunner
 
 from .conftest import EARLY, MS, client, seconds, serving
 
@@ -257,3 +259,19 @@ def test_a_blocking_recv_on_the_loop_thread_raises_instead_of_deadlocking() -> N
             sync_client.send("bye")
     assert isinstance(reply, str) and reply.startswith("RuntimeError: recv() blocks")
     assert "event loop thread" in reply
+
+
+def test_a_stale_wake_up_of_an_idle_greenlet_worker_is_harmless() -> None:
+    # A parked handler may be woken twice in one pass (a message, and a watcher or
+    # a timer): the second switch can reach its greenlet once it is idle.
+    async def main() -> None:
+        runner = GreenletRunner(asyncio.get_running_loop())
+        worker = await asyncio.wait_for(runner.call(greenlet.getcurrent), seconds(5))
+        assert worker.switch() == ()  # the stale wake-up: straight back, nothing run
+        assert not worker.dead
+        again = await asyncio.wait_for(runner.call(greenlet.getcurrent), seconds(5))
+        assert again is worker  # and it runs the next job
+        await runner.shutdown(asyncio.get_running_loop().time() + seconds(1))
+        assert worker.dead
+
+    asyncio.run(main())

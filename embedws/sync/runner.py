@@ -481,7 +481,13 @@ class GreenletRunner:
                 return
             current.gr_context = None  # the next job starts with an empty context
             self._idle.append(current)
-            handed = parent.switch()  # GreenletExit here (shutdown) ends the worker
+            received: object = parent.switch()  # GreenletExit here (shutdown) ends it
+            while not isinstance(received, list):
+                # A stale wake-up meant for the job that ended (an inbox or a watcher
+                # that scheduled a switch before the job resumed another way): parks
+                # re-check what they wait for, and an idle worker waits on.
+                received = parent.switch()
+            handed = received
 
     def _timed(self, job: _HandlerJob) -> Callable[[], None]:
         threshold = self._block_warning
