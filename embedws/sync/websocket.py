@@ -97,8 +97,8 @@ class Websocket:
             RuntimeError: called on the event loop thread, where it would deadlock.
         """
         on_loop = threading.get_ident() == self._loop_ident
-        if on_loop and greenlet.getcurrent().parent is None:  # not a greenlet handler
-            check_can_block(self._loop_ident, "recv()")  # raises
+        if on_loop:
+            check_can_block(self._loop_ident, "recv()")
         if not self._recv_lock.acquire(blocking=False):
             raise ConcurrencyError("another thread is already waiting in recv()")
         try:
