@@ -24,7 +24,8 @@ path users on other platforms run).
   ``connect_accepted_socket`` (``embedws/aio/acceptor.py``).
 * ``EMBEDWS_SCHED_BATCH``: handler threads use Linux's ``SCHED_BATCH``
   policy (``embedws/sync/runner.py``; the config key ``SYNC_HANDLER_SCHED_BATCH``
-  turns it off for one app).
+  turns it off for one app), and a loop pass that woke one ends by yielding the
+  CPU to it (``embedws/sync/bridge/inbox.py``).
 """
 
 from __future__ import annotations

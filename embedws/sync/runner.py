@@ -35,6 +35,7 @@ from ..request import Request
 from ..switches import SCHED_BATCH
 from .bridge import DirectWriteConnection
 from .bridge.greenlets import blocking_watch, check_blocked
+from .bridge.inbox import WakeBatch, wake_batch_for
 from .websocket import Websocket
 
 __all__ = ["GreenletRunner", "HandlerPool", "ThreadHookRunner", "ThreadRunner", "in_handler_thread"]
@@ -90,10 +91,18 @@ class HandlerPool:
     its own workers.
     """
 
-    def __init__(self, max_threads: int, name: str, *, batch_sched: bool = False) -> None:
+    def __init__(
+        self,
+        max_threads: int,
+        name: str,
+        *,
+        batch_sched: bool = False,
+        wakes: WakeBatch | None = None,
+    ) -> None:
         self._max = max_threads
         self._name = name
         self._batch_sched = batch_sched and _CAN_BATCH and SCHED_BATCH
+        self._wakes = wakes  # of the loop that submits: it yields to the thread it woke
         self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
             queue.SimpleQueue()
         )
@@ -138,6 +147,8 @@ class HandlerPool:
                     self._busy -= 1
                     raise NoThreads(str(exc)) from None
         self._jobs.put((fn, args))
+        if self._wakes is not None:
+            self._wakes.threads_woken = True
         return True
 
     def _work(self) -> None:
@@ -244,7 +255,9 @@ class ThreadRunner:
     ) -> None:
         self._loop = loop
         self._loop_ident = threading.get_ident()
-        self._pool = HandlerPool(max_threads, "embedws-handler", batch_sched=batch_sched)
+        self._pool = HandlerPool(
+            max_threads, "embedws-handler", batch_sched=batch_sched, wakes=wake_batch_for(loop)
+        )
         self._running = _Running(loop)
 
     def has_capacity(self) -> bool:
@@ -295,7 +308,7 @@ class ThreadHookRunner:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_threads: int) -> None:
         self._loop = loop
-        self._pool = HandlerPool(max_threads, "embedws-hook")
+        self._pool = HandlerPool(max_threads, "embedws-hook", wakes=wake_batch_for(loop))
 
     async def call(self, fn: Callable[..., Any], /, *args: Any, reserved: bool = False) -> Any:
         try:

@@ -56,7 +56,9 @@ Fast paths (``embedws/switches.py`` has one switch each)
 * Wake batching (``EMBEDWS_WAKE_BATCH``): thread mode, 19% less server CPU per
   echo at one connection and 9% at 50, two context switches fewer.
 * ``SCHED_BATCH`` (``EMBEDWS_SCHED_BATCH``) keeps woken handler threads from
-  preempting the loop: 27% less server CPU per echo at 50 connections.
+  preempting the loop: 27% less server CPU per echo at 50 connections. A loop
+  pass that woke one ends by yielding the CPU to it (``inbox.py``), or a busy
+  loop would leave it waiting for the GIL.
 The figures, with the commands that measured them, are in the fast-path table
 of ``docs/architecture.md``.
 The portable path underneath each is complete: Windows' proactor loop, uvloop

@@ -19,11 +19,24 @@ for handler threads are held in the loop's `WakeBatch` and handed over
 together just before the loop waits for I/O again (its selector,
 `FlushingSelector`, flushes the batch), so a message is never delayed
 past the pass that read it. Measured: see ``embedws/sync/bridge/__init__.py``.
+
+Yielding at the end of a pass (part of the ``EMBEDWS_SCHED_BATCH`` fast path):
+``SCHED_BATCH`` handler threads do not preempt the loop when woken; they were
+meant to run when the loop waits for I/O. But a busy loop finds I/O ready
+every time and never waits, so they ran only when the scheduler's tick took
+the CPU from the loop, mid-pass and holding the GIL, and then waited for the
+GIL: on one CPU a handler started up to 150 ms late, and once 50 clients
+reconnecting without pause grew the pool to 374 threads (usually 75-90). A
+pass that handed work to a handler thread now ends in ``sched_yield()``, with
+the GIL released, so the threads it woke run then, with the GIL free. A pass
+that woke none does not yield (it would give the CPU to other programs for
+nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import selectors
 import threading
@@ -33,7 +46,7 @@ from typing import TYPE_CHECKING, Any, cast
 import greenlet
 
 from ...aio.crossing import LoopClosed
-from ...switches import WAKE_BATCH
+from ...switches import SCHED_BATCH, WAKE_BATCH
 
 if TYPE_CHECKING:
     from ...aio.connection import Connection
@@ -74,13 +87,15 @@ class WakeBatch:
     Thread contract: the loop thread only.
     """
 
-    __slots__ = ("__weakref__", "_held", "waiting")
+    __slots__ = ("__weakref__", "_held", "threads_woken", "waiting")
 
     def __init__(self) -> None:
         self._held: list[tuple[Inbox, str | bytes]] = []
         # True while the loop thread waits for I/O (read from any thread): a
         # direct write then takes nothing from the loop (sync/bridge/sends.py).
         self.waiting = False
+        # This pass handed work to a handler thread: it ends by yielding the CPU.
+        self.threads_woken = False
 
     def hold(self, inbox: Inbox, message: str | bytes) -> None:
         self._held.append((inbox, message))
@@ -90,6 +105,7 @@ class WakeBatch:
         held = self._held
         if held:
             self._held = []
+            self.threads_woken = True
             # Threads woken together reply together: their sends go through the
             # loop, which writes them all in one pass (see sync/bridge/sends.py).
             crowded = len(held) > 1
@@ -97,8 +113,15 @@ class WakeBatch:
                 inbox.deliver_held(message, crowded)
 
 
+_sched_yield = getattr(os, "sched_yield", None) if SCHED_BATCH else None
+
+
 class FlushingSelector(selectors.DefaultSelector):
-    """The loop thread's selector: flushes the wake batch before each wait."""
+    """The loop thread's selector: flushes the wake batch before each wait.
+
+    A pass that woke handler threads then yields the CPU to them (see the
+    module's docstring).
+    """
 
     def __init__(self, wakes: WakeBatch) -> None:
         super().__init__()
@@ -107,8 +130,12 @@ class FlushingSelector(selectors.DefaultSelector):
     def select(self, timeout: float | None = None) -> Any:
         wakes = self._wakes
         wakes.flush()
-        wakes.waiting = True
+        wakes.waiting = True  # the threads that run now may write directly
         try:
+            if wakes.threads_woken:
+                wakes.threads_woken = False
+                if _sched_yield is not None:
+                    _sched_yield()  # releases the GIL
             return super().select(timeout)
         finally:
             wakes.waiting = False
@@ -193,6 +220,8 @@ class Inbox:
             self._wakes.flush()  # the messages first, and never lost to a stopping loop
         self._queue.put(CLOSED)
         self.closed = True
+        if self._wakes is not None:
+            self._wakes.threads_woken = True  # a reader in recv wakes
         event = self._closed_event
         if event is not None:
             event.set()
