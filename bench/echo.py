@@ -20,13 +20,14 @@ import harness
 from servers import ALL_KINDS, KINDS
 
 REFERENCE = "websockets-asyncio"
-#: CPU per message each kind may cost, times a reference's (issues 2 and 23; issue 23's are
-#: at 100 connections x 16 B).
+#: CPU per message each kind may cost, times a reference's (issues 2 and 23).
 GOALS_CPU = {
     "embedws-async": (REFERENCE, 0.7),
     "embedws-greenlet": (REFERENCE, 0.8),
     "embedws-thread": ("websockets-sync", 0.6),
 }
+#: Issue 23 set the greenlet and thread goals at this many connections (``--connections``).
+GOALS_23_CONNECTIONS = 100
 GOAL_RSS = 0.6  # embedws-async RSS per idle connection, times websockets-asyncio's
 
 
@@ -202,10 +203,14 @@ def idle_table(rows: list[dict[str, Any]], baseline: bool) -> str:
     return harness.table(headers, out, set(range(1, len(headers))))
 
 
-def goals(echo: list[dict[str, Any]], idle: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def goals(
+    echo: list[dict[str, Any]], idle: list[dict[str, Any]], connections: int
+) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for row in echo:
         if row["kind"] not in GOALS_CPU:
+            continue
+        if row["kind"] != "embedws-async" and connections != GOALS_23_CONNECTIONS:
             continue
         reference_kind, limit = GOALS_CPU[row["kind"]]
         reference = next(
@@ -214,16 +219,8 @@ def goals(echo: list[dict[str, Any]], idle: list[dict[str, Any]]) -> list[dict[s
         if reference is None:
             continue
         about = f"{harness.fmt_size(row['size'])}: {row['kind']} / {reference_kind}"
-        results += harness.ratio_goals(
-            row,
-            reference,
-            [
-                (f"CPU/msg {about}", "us_per_msg", limit),
-                (f"CPU/msg best window {about}", "best_us_per_msg", limit),
-                (f"CPU/msg fastest third {about}", "fast_us_per_msg", limit),
-            ],
-            size=row["size"],
-            kind=row["kind"],
+        results += harness.window_goals(
+            row, reference, "CPU/msg", "msg", about, limit, size=row["size"], kind=row["kind"]
         )
     ref_idle = next((r["bytes_per_conn"] for r in idle if r["kind"] == REFERENCE), None)
     for row in idle:
@@ -265,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Idle: server RSS per idle connection (handlers parked in recv, {args.idle})")
         print(idle_table(idle_rows, args.baseline is not None))
         print()
-    goal_rows = goals(echo_rows, idle_rows)
+    goal_rows = goals(echo_rows, idle_rows, args.connections)
     if goal_rows:
         harness.print_goals(goal_rows)
     checks: list[dict[str, Any]] = []

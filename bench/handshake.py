@@ -252,14 +252,13 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if limit is None or reference is None:
             continue
         about = f"close={row['close']}: {row['kind']} / {REFERENCE}"
-        results += harness.ratio_goals(
+        results += harness.window_goals(
             row,
             reference,
-            [
-                (f"CPU/handshake {about}", "us_per_hs", limit),
-                (f"CPU/handshake best window {about}", "best_us_per_hs", limit),
-                (f"CPU/handshake fastest third {about}", "fast_us_per_hs", limit),
-            ],
+            "CPU/handshake",
+            "hs",
+            about,
+            limit,
             close=row["close"],
             kind=row["kind"],
         )

@@ -937,6 +937,32 @@ def ratio_goals(
     ]
 
 
+def window_goals(
+    row: dict[str, Any],
+    reference: dict[str, Any],
+    figure: str,
+    unit: str,
+    about: str,
+    limit: float,
+    **fields: Any,
+) -> list[dict[str, Any]]:
+    """One cost against a reference three ways: median, best window, fastest third.
+
+    ``figure`` names it ("CPU/msg"), ``unit`` is its keys' suffix ("msg": ``us_per_msg``,
+    ``best_us_per_msg``, ``fast_us_per_msg``), ``about`` says what is compared.
+    """
+    return ratio_goals(
+        row,
+        reference,
+        [
+            (f"{figure} {about}", f"us_per_{unit}", limit),
+            (f"{figure} best window {about}", f"best_us_per_{unit}", limit),
+            (f"{figure} fastest third {about}", f"fast_us_per_{unit}", limit),
+        ],
+        **fields,
+    )
+
+
 def print_goals(goal_rows: Sequence[dict[str, Any]], title: str = "Goals", digits: int = 2) -> None:
     """The goals table; ``digits``: of the measured ratios."""
     print(title)
