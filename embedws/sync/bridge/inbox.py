@@ -20,7 +20,8 @@ together just before the loop waits for I/O again (its selector,
 `FlushingSelector`, flushes the batch), so a message is never delayed
 past the pass that read it. Measured: see ``embedws/sync/bridge/__init__.py``.
 
-Yielding at the end of a pass (part of the ``EMBEDWS_SCHED_BATCH`` fast path):
+Yielding at the end of a pass (part of the ``EMBEDWS_SCHED_BATCH`` fast path,
+on the loops that batch wakes):
 ``SCHED_BATCH`` handler threads do not preempt the loop when woken; they were
 meant to run when the loop waits for I/O. But a busy loop finds I/O ready
 every time and never waits, so they ran only when the scheduler's tick took
