@@ -140,9 +140,7 @@ def measure_idle(
 
 
 def echo_table(rows: list[dict[str, Any]], repeat: int, baseline: bool) -> str:
-    reference = {r["size"]: r["us_per_msg"] for r in rows if r["kind"] == REFERENCE}
-    reference_best = {r["size"]: r["best_us_per_msg"] for r in rows if r["kind"] == REFERENCE}
-    reference_fast = {r["size"]: r["fast_us_per_msg"] for r in rows if r["kind"] == REFERENCE}
+    references = {r["size"]: r for r in rows if r["kind"] == REFERENCE}
     headers = ["size", *harness.ECHO_COLUMNS]
     if repeat > 1:
         headers.append("spread")
@@ -158,19 +156,11 @@ def echo_table(rows: list[dict[str, Any]], repeat: int, baseline: bool) -> str:
         cells = [harness.fmt_size(row["size"]), *harness.echo_cells(row)]
         if repeat > 1:
             cells.append(f"{row['spread']:.0%}")
-        cells.append(
-            harness.fmt_ratio(harness.ratio(row["us_per_msg"], reference.get(row["size"])))
-        )
-        cells.append(
-            harness.fmt_ratio(
-                harness.ratio(row["best_us_per_msg"], reference_best.get(row["size"]))
-            )
-        )
-        cells.append(
-            harness.fmt_ratio(
-                harness.ratio(row["fast_us_per_msg"], reference_fast.get(row["size"]))
-            )
-        )
+        reference = references.get(row["size"])
+        cells += [
+            harness.vs(row, reference, key)
+            for key in ("us_per_msg", "best_us_per_msg", "fast_us_per_msg")
+        ]
         if baseline:
             cells += [
                 harness.vs_base(row, rows, ["size"], key)
