@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import http.client
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -521,14 +523,30 @@ def _websockets_alive(path: str) -> list[object]:
     ]
 
 
+def _server_transports_alive(port: int) -> list[object]:
+    """The transports of accepted connections to ``port`` still alive, open or closed."""
+    return [
+        o
+        for o in gc.get_objects()
+        if issubclass(type(o), asyncio.BaseTransport)  # not isinstance: a dead weakproxy raises
+        and (o.get_extra_info("sockname") or (None, None))[1] == port
+    ]
+
+
 def test_a_closed_connection_is_freed_at_once_with_the_cyclic_gc_off(kind: str) -> None:
     # A connection that leaves a reference cycle is freed only by a collection of
     # the cyclic GC, whose passes a busy server then pays for (and its memory
-    # waits for them). Every server-side websocket object must go by reference
-    # counting alone: the handler's, its sync facade's, the connection's.
+    # waits for them). Every server-side object must go by reference counting
+    # alone: the handler's websocket, its sync facade, the connection, and
+    # the transport, of a websocket and of a plain HTTP request alike.
     app = embedws.App("freed")
     path = f"/freed-{kind}"  # only this test's websockets count (a failed test may leave its own)
     add_handler(app, path, kind, *echo_handlers())
+
+    @app.get("/page")
+    def page(request: embedws.Request) -> HTTPResponse:
+        return text("page")
+
     with serving(app) as server:
         with client(server.url + path) as c:  # warm-up: pools, caches, first imports
             c.send("x")
@@ -540,12 +558,28 @@ def test_a_closed_connection_is_freed_at_once_with_the_cyclic_gc_off(kind: str) 
                 with client(server.url + path) as c:
                     c.send("x")
                     assert c.recv(timeout=seconds(5)) == "x"
+            for _ in range(2):
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=seconds(5))
+                conn.request("GET", "/page")
+                response = conn.getresponse()
+                assert (response.status, response.read()) == (200, b"page")
+                conn.close()
+            # A connection that ends with a reset: asyncio 3.12+ breaks its own cycle in
+            # the transport's close(), which a reset skips.
+            with socket.create_connection(("127.0.0.1", server.port), seconds(5)) as raw:
+                raw.sendall(b"GET /page HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                assert raw.recv(4096).startswith(b"HTTP/1.1 200 ")
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             deadline = time.monotonic() + seconds(5)
-            alive = _websockets_alive(path)
-            while alive and time.monotonic() < deadline:
-                del alive
+
+            def alive() -> list[object]:
+                return _websockets_alive(path) + _server_transports_alive(server.port)
+
+            left = alive()
+            while left and time.monotonic() < deadline:
+                del left
                 time.sleep(10 * MS)  # polling a condition with a deadline, not a wait for time
-                alive = _websockets_alive(path)
-            assert alive == [], f"still alive with the GC off: {alive}"
+                left = alive()
+            assert left == [], f"still alive with the GC off: {left}"
         finally:
             gc.enable()

@@ -63,7 +63,7 @@ from ..message import Fragments, encode_message, fragment_payload
 from ..state import State
 from ..switches import FAST_FRAMES
 from .crossing import crossing_for
-from .runtime import shield, timeout_at
+from .runtime import release_transport, shield, timeout_at
 
 if TYPE_CHECKING:
     from ..request import Request
@@ -915,6 +915,7 @@ class Connection(asyncio.BufferedProtocol):
         # included about 7% of collections).
         self._consumer = None
         self._facade = None
+        release_transport(self.transport)
 
     @property
     def facade(self) -> Any:

@@ -61,6 +61,7 @@ from ..routing import Route
 from ..security import host_allowed
 from ..switches import FAST_UPGRADES
 from .acceptor import IdleSince, next_idle_rank
+from .runtime import release_transport
 
 if TYPE_CHECKING:
     from .server import Server
@@ -204,6 +205,7 @@ class HTTPConnection(asyncio.BufferedProtocol):
             self._write_timer = None
         if not self._detached:
             self.server.untrack_http(self)
+        release_transport(self.transport)
         if exc is not None:
             logger.debug("HTTP connection from %s lost: %r", self.peer, exc)
 

@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 
 __all__ = [
     "is_asyncio",
+    "release_transport",
     "running_loop",
     "shield",
     "sleep",
@@ -60,6 +61,32 @@ async def running_loop() -> asyncio.AbstractEventLoop:
 def is_asyncio(loop: Any) -> bool:
     """True when ``loop`` is an asyncio event loop (the fast path's runtime)."""
     return isinstance(loop, asyncio.AbstractEventLoop)
+
+
+def release_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Let a closed asyncio socket transport be freed by reference counting.
+
+    Called from a protocol's ``connection_lost``. asyncio's selector socket
+    transport keeps bound methods of itself (``_read_ready_cb``; also
+    ``_write_ready`` from Python 3.12): a reference cycle, so a closed
+    connection's transport, socket and their dicts wait for the cyclic GC,
+    whose passes a busy server pays for. asyncio 3.12+ drops them in
+    ``close()``, but not when a reset or ``abort()`` ends the connection,
+    and 3.11 never does. In a handshake benchmark (10,000 handshakes, 50 in
+    flight, ``gc.callbacks`` timing) the collector's passes took 11 µs of
+    about 210 per handshake in async mode and 15 µs in thread mode: 3 and
+    5 µs less once transports go at once. asyncio has removed the transport
+    from its selector before it calls ``connection_lost``, so nothing calls
+    them again; they go back to ``None``, as asyncio's ``close()`` leaves
+    them. Transports without them (uvloop's, TLS wrappers, trio's) are left
+    alone.
+    """
+    attrs = getattr(transport, "__dict__", None)
+    if attrs is None:
+        return
+    for name in ("_read_ready_cb", "_write_ready"):
+        if attrs.get(name) is not None:
+            attrs[name] = None
 
 
 def shield(loop: Any, future: Awaitable[_T]) -> Awaitable[_T]:
