@@ -188,6 +188,7 @@ class Connection(asyncio.BufferedProtocol):
         "_assembler",
         "_fast_frames",
         "_handshake",
+        "_head_held",
         "_ka_handle",
         "_ka_ping",
         "_lost",
@@ -262,8 +263,10 @@ class Connection(asyncio.BufferedProtocol):
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         # Broadcast frames held back while the transport is paused; b"" = end of stream.
+        # Also the 101 while ``_head_held`` (see ``attach``).
         self._pending: deque[bytes] | None = None
         self._pending_size = 0
+        self._head_held = False
         self._send_busy: asyncio.Future[None] | None = None
         self._failed = False
         self._lost = False
@@ -280,7 +283,15 @@ class Connection(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(self.settings.write_limit, self.settings.write_limit // 4)
         transport.set_protocol(self)
         if head:
-            transport.write(head)
+            # Held until the loop's callbacks of this pass have run, to leave with the
+            # other connections' 101s: written at once, between the pass's requests,
+            # each 101 woke a waiting client, and on this machine a wake-up's
+            # inter-processor interrupt cost the server about 10 µs of kernel time
+            # (about 5% of a handshake; `websockets`' server answers from a task, so
+            # its answers leave together). Any other write releases it first.
+            self._hold(head)
+            self._head_held = True
+            self.loop.call_soon(self._write_held)
         self.start_keepalive()
         transport.resume_reading()
         if trailing:
@@ -555,6 +566,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         """Write what the protocol has to send (frames, or the end of the stream)."""
+        if self._head_held:
+            self._write_held()
         transport = self.transport
         for data in self.protocol.data_to_send():
             if self._pending is not None:  # behind the broadcasts held back
@@ -580,6 +593,12 @@ class Connection(asyncio.BufferedProtocol):
             pending = self._pending = deque()
         pending.append(data)
         self._pending_size += len(data)
+
+    def _write_held(self) -> None:
+        """Write the 101 that ``attach`` held back; at the latest before any other write."""
+        if self._head_held:
+            self._head_held = False
+            self._write_pending()
 
     def _write_pending(self) -> None:
         """Move held-back frames into the transport until it pauses again.
@@ -627,6 +646,8 @@ class Connection(asyncio.BufferedProtocol):
             frame = Frame(TEXT if is_text else BINARY, payload).serialize(
                 mask=protocol.side is CLIENT
             )
+            if self._head_held:
+                self._write_held()
             if self._pending is None:
                 self.transport.write(frame)
             else:
@@ -674,6 +695,8 @@ class Connection(asyncio.BufferedProtocol):
         copy per recipient (1,000 recipients of 20 MiB: 20 GB instead of
         20 MiB). Later writes of any kind queue behind them, in order.
         """
+        if self._head_held:
+            self._write_held()
         transport = self.transport
         for frame in frames:
             if self._pending is None and not self._writing_paused:

@@ -319,6 +319,10 @@ class DirectWriteConnection(AioWebsocket):
                 self._write_rest()
             super().write_frames(frames)
 
+    def _write_held(self) -> None:
+        with self.write_lock:
+            super()._write_held()
+
     def resume_writing(self) -> None:
         with self.write_lock:  # it may write frames held back
             super().resume_writing()
