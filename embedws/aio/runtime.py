@@ -16,6 +16,9 @@ shutdown and timeouts of whole operations. Anything that is not an asyncio
 loop is asked for its own method of the same name; trio is imported only by
 `running_loop()`, when no asyncio loop runs.
 
+One thing asyncio's transports need done for them: `release_transport()` lets
+a closed one be freed by reference counting.
+
 Thread contract: every function runs on the loop's thread.
 """
 
