@@ -10,7 +10,8 @@ path users on other platforms run).
 * ``EMBEDWS_DIRECT_WRITES``: a thread-mode handler's ``send`` writes to the
   socket from its own thread (``embedws/sync/bridge/sends.py``).
 * ``EMBEDWS_WAKE_BATCH``: messages for handler threads are handed over once
-  per loop pass (``embedws/sync/bridge/inbox.py``).
+  per loop pass (``embedws/sync/bridge/inbox.py``); on that loop, the 101s of
+  a busy pass leave together at its end (``Connection.attach``).
 * ``EMBEDWS_FAST_FRAMES``: whole text and binary frames are read without the
   Sans-I/O parser (``embedws/aio/connection.py``, ``_read_whole_frames``).
 * ``EMBEDWS_FAST_UPGRADES``: the first request of a connection, when it is a

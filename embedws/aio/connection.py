@@ -63,7 +63,7 @@ from ..message import Fragments, encode_message, fragment_payload
 from ..state import State
 from ..switches import FAST_FRAMES
 from .crossing import crossing_for
-from .runtime import release_transport, shield, timeout_at
+from .runtime import pass_end_for, release_transport, shield, timeout_at
 
 if TYPE_CHECKING:
     from ..request import Request
@@ -283,15 +283,21 @@ class Connection(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(self.settings.write_limit, self.settings.write_limit // 4)
         transport.set_protocol(self)
         if head:
-            # Held until the loop's callbacks of this pass have run, to leave with the
-            # other connections' 101s: written at once, between the pass's requests,
-            # each 101 woke a waiting client, and on this machine a wake-up's
-            # inter-processor interrupt cost the server about 10 µs of kernel time
-            # (about 5% of a handshake; `websockets`' server answers from a task, so
-            # its answers leave together). Any other write releases it first.
-            self._hold(head)
-            self._head_held = True
-            self.loop.call_soon(self._write_held)
+            pass_end = pass_end_for(self.loop)
+            if pass_end is not None and pass_end.crowded:
+                # On a busy loop of ours, held until the pass ends, to leave with the
+                # pass's other 101s: written at once, between the pass's requests,
+                # each 101 woke a client that had gone back to waiting, and on this
+                # machine a wake-up's inter-processor interrupt cost the server about
+                # 10 µs of kernel time (5% of a handshake; `websockets`' server answers
+                # from tasks, so its answers leave together). Any other write releases
+                # it first. A pass with nothing else to do writes it at once: the
+                # client reads it while the server finishes the connection's set-up.
+                self._hold(head)
+                self._head_held = True
+                pass_end.callbacks.append(self._write_held)
+            else:
+                transport.write(head)
         self.start_keepalive()
         transport.resume_reading()
         if trailing:

@@ -19,18 +19,28 @@ loop is asked for its own method of the same name; trio is imported only by
 One thing asyncio's transports need done for them: `release_transport()` lets
 a closed one be freed by reference counting.
 
+A loop we drive ourselves (our loop threads', ``sync/bridge/inbox.py``) also
+has a `PassEnd`: callbacks its selector runs when a pass of the loop ends,
+before it waits for I/O again. `pass_end_for()` finds it; other loops have
+none.
+
 Thread contract: every function runs on the loop's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar, cast
 
 __all__ = [
+    "PassEnd",
+    "add_pass_end",
     "is_asyncio",
+    "pass_end_for",
     "release_transport",
     "running_loop",
     "shield",
@@ -41,6 +51,8 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+logger = logging.getLogger("embedws.server")
 
 
 async def running_loop() -> asyncio.AbstractEventLoop:
@@ -64,6 +76,47 @@ async def running_loop() -> asyncio.AbstractEventLoop:
 def is_asyncio(loop: Any) -> bool:
     """True when ``loop`` is an asyncio event loop (the fast path's runtime)."""
     return isinstance(loop, asyncio.AbstractEventLoop)
+
+
+class PassEnd:
+    """What a loop we drive does when a pass ends, just before it waits for I/O.
+
+    ``crowded``: the pass had more to do than one socket's event (more than
+    one ready, or callbacks waiting), so what one callback defers to the end
+    of the pass goes out together with the others'. Thread contract: the
+    loop's thread only.
+    """
+
+    __slots__ = ("__weakref__", "callbacks", "crowded")
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+        self.crowded = False
+
+    def run(self) -> None:
+        """Run the callbacks deferred to this pass's end, in order."""
+        callbacks = self.callbacks
+        if not callbacks:
+            return
+        self.callbacks = []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # the loop's selector calls this: it must not fail
+                logger.exception("error in %r at the end of a loop pass", callback)
+
+
+_pass_ends: weakref.WeakKeyDictionary[Any, PassEnd] = weakref.WeakKeyDictionary()
+
+
+def add_pass_end(loop: Any, pass_end: PassEnd) -> None:
+    """Declare that ``loop``'s selector runs ``pass_end`` at the end of each pass."""
+    _pass_ends[loop] = pass_end
+
+
+def pass_end_for(loop: Any) -> PassEnd | None:
+    """The `PassEnd` of a loop we drive; ``None`` for any other loop."""
+    return _pass_ends.get(loop)
 
 
 def release_transport(transport: asyncio.BaseTransport | None) -> None:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, cast
 import greenlet
 
 from ...aio.crossing import LoopClosed
+from ...aio.runtime import PassEnd, add_pass_end
 from ...switches import SCHED_BATCH, WAKE_BATCH
 
 if TYPE_CHECKING:
@@ -118,17 +119,21 @@ _sched_yield = getattr(os, "sched_yield", None) if SCHED_BATCH else None
 
 
 class FlushingSelector(selectors.DefaultSelector):
-    """The loop thread's selector: flushes the wake batch before each wait.
+    """The loop thread's selector: before each wait, ends the pass.
 
-    A pass that woke handler threads then yields the CPU to them (see the
-    module's docstring).
+    It runs the loop's `PassEnd` (the 101s a busy pass held, see
+    ``Connection.attach``), flushes the wake batch, and, if the pass woke
+    handler threads, yields the CPU to them (see the module's docstring).
     """
 
-    def __init__(self, wakes: WakeBatch) -> None:
+    def __init__(self, wakes: WakeBatch, pass_end: PassEnd) -> None:
         super().__init__()
         self._wakes = wakes
+        self._pass_end = pass_end
 
     def select(self, timeout: float | None = None) -> Any:
+        pass_end = self._pass_end
+        pass_end.run()
         wakes = self._wakes
         wakes.flush()
         wakes.waiting = True  # the threads that run now may write directly
@@ -137,9 +142,12 @@ class FlushingSelector(selectors.DefaultSelector):
                 wakes.threads_woken = False
                 if _sched_yield is not None:
                     _sched_yield()  # releases the GIL
-            return super().select(timeout)
+            events = super().select(timeout)
         finally:
             wakes.waiting = False
+        # A timeout of 0: callbacks wait to run in this pass.
+        pass_end.crowded = len(events) > 1 or timeout == 0
+        return events
 
 
 # Only loops of our own loop threads batch; on a loop we do not drive (an
@@ -156,9 +164,10 @@ def wake_batch_for(loop: asyncio.AbstractEventLoop) -> WakeBatch | None:
 
 def new_batching_loop() -> asyncio.AbstractEventLoop:
     """A selector event loop whose selector flushes a wake batch before each wait."""
-    wakes = WakeBatch()
-    loop = asyncio.SelectorEventLoop(FlushingSelector(wakes))
+    wakes, pass_end = WakeBatch(), PassEnd()
+    loop = asyncio.SelectorEventLoop(FlushingSelector(wakes, pass_end))
     _wake_batches[loop] = wakes
+    add_pass_end(loop, pass_end)
     return loop
 
 
