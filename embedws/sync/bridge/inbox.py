@@ -41,12 +41,13 @@ import os
 import queue
 import selectors
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, cast
 
 import greenlet
 
 from ...aio.crossing import LoopClosed
-from ...aio.runtime import PassEnd, add_pass_end, pass_end_for
+from ...aio.runtime import PassEnd, add_pass_end
 from ...switches import SCHED_BATCH, WAKE_BATCH
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-class WakeBatch(PassEnd):
+class WakeBatch:
     """Holds back the wake-ups of handler threads until the loop ends its pass.
 
     Each ``SimpleQueue.put`` wakes the thread blocked on it, which then fights
@@ -83,16 +84,14 @@ class WakeBatch(PassEnd):
     busy server, a context switch or two per message. Messages for handler
     threads are held instead, and handed over together just before the loop
     waits for I/O again (the loop thread's selector calls `flush()`), so a
-    message is never delayed past the pass that read it. It is the loop's
-    `PassEnd` too (the core's end of a pass: the held 101s).
+    message is never delayed past the pass that read it.
 
     Thread contract: the loop thread only.
     """
 
-    __slots__ = ("_held", "threads_woken", "waiting")
+    __slots__ = ("__weakref__", "_held", "threads_woken", "waiting")
 
     def __init__(self) -> None:
-        super().__init__()
         self._held: list[tuple[Inbox, str | bytes]] = []
         # True while the loop thread waits for I/O (read from any thread): a
         # direct write then takes nothing from the loop (sync/bridge/sends.py).
@@ -122,18 +121,20 @@ _sched_yield = getattr(os, "sched_yield", None) if SCHED_BATCH else None
 class FlushingSelector(selectors.DefaultSelector):
     """The loop thread's selector: before each wait, ends the pass.
 
-    It runs the pass-end callbacks (the 101s a busy pass held, see
+    It runs the loop's `PassEnd` (the 101s a busy pass held, see
     ``Connection.attach``), flushes the wake batch, and, if the pass woke
     handler threads, yields the CPU to them (see the module's docstring).
     """
 
-    def __init__(self, wakes: WakeBatch) -> None:
+    def __init__(self, wakes: WakeBatch, pass_end: PassEnd) -> None:
         super().__init__()
         self._wakes = wakes
+        self._pass_end = pass_end
 
     def select(self, timeout: float | None = None) -> Any:
+        pass_end = self._pass_end
+        pass_end.run()
         wakes = self._wakes
-        wakes.run()
         wakes.flush()
         wakes.waiting = True  # the threads that run now may write directly
         try:
@@ -145,25 +146,28 @@ class FlushingSelector(selectors.DefaultSelector):
         finally:
             wakes.waiting = False
         # A timeout of 0: callbacks wait to run in this pass.
-        wakes.crowded = len(events) > 1 or timeout == 0
+        pass_end.crowded = len(events) > 1 or timeout == 0
         return events
 
 
-def wake_batch_for(loop: asyncio.AbstractEventLoop) -> WakeBatch | None:
-    """The wake batch of one of our loop threads' loops; ``None`` for other loops.
+# Only loops of our own loop threads batch; on a loop we do not drive (an
+# application's, under aio.serve) messages go to threads at once.
+_wake_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WakeBatch] = (
+    weakref.WeakKeyDictionary()
+)
 
-    Only loops of our own loop threads batch; on a loop we do not drive (an
-    application's, under aio.serve) messages go to threads at once.
-    """
-    pass_end = pass_end_for(loop)
-    return pass_end if isinstance(pass_end, WakeBatch) else None
+
+def wake_batch_for(loop: asyncio.AbstractEventLoop) -> WakeBatch | None:
+    """The wake batch of one of our loop threads' loops; ``None`` for other loops."""
+    return _wake_batches.get(loop)
 
 
 def new_batching_loop() -> asyncio.AbstractEventLoop:
-    """A selector event loop whose selector ends each pass with a wake batch's flush."""
-    wakes = WakeBatch()
-    loop = asyncio.SelectorEventLoop(FlushingSelector(wakes))
-    add_pass_end(loop, wakes)
+    """A selector event loop whose selector flushes a wake batch before each wait."""
+    wakes, pass_end = WakeBatch(), PassEnd()
+    loop = asyncio.SelectorEventLoop(FlushingSelector(wakes, pass_end))
+    _wake_batches[loop] = wakes
+    add_pass_end(loop, pass_end)
     return loop
 
 
